@@ -1,0 +1,142 @@
+"""``purifier`` console script: train, export, serve, purify.
+
+Each sub-command parses arguments and calls one function of ``training``, ``export`` or
+``serving``; user-fixable failures (PurifierError) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+
+from purifier.data import DATASETS
+from purifier.errors import PurifierError
+from purifier.transforms import KINDS
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
+
+
+def _add_common_training(parser: argparse.ArgumentParser) -> None:
+    """Options every trainer takes. Unset options are absent, so the config's defaults apply."""
+    parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    parser.add_argument("--data-dir", type=Path, help="data location (default for Fashion-MNIST: Debian's dataset-fashion-mnist)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--widths", type=_widths, help="channel widths per stage, e.g. 16,32,64")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--limit", type=int, help="train on the first N training images only (smoke runs)")
+    parser.add_argument("--name", help="bundle name (default: the --out folder's name)")
+    parser.add_argument("--restart", action="store_true", help="discard an existing checkpoint instead of resuming")
+
+
+def _train(args: argparse.Namespace) -> None:
+    """Build the trainer's config from the options given on the command line, then train."""
+    if args.trainer == "classifier":
+        from training.classifier import ClassifierConfig as Config, train_classifier as train
+    else:
+        from training.reconstruction import ReconstructionConfig as Config, train_reconstruction as train
+    names = {field.name for field in dataclasses.fields(Config)}
+    bundle = train(Config(**{key: value for key, value in vars(args).items() if key in names}))
+    for name, entry in bundle.manifest["metrics"].items():
+        print(f"{name}: {entry['value']:.4f} ({entry['protocol']})")
+    print(f"wrote bundle {bundle.path}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from export.onnx import export_bundle
+
+    export_bundle(args.bundle, tolerance=args.tolerance, seed=args.seed)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from serving import torchserve
+
+    if args.stop:
+        torchserve.stop()
+        return
+    if args.status:
+        server = torchserve.status()
+        print(f"model '{server.model}' ready at {server.prediction_url()}")
+        return
+    torchserve.serve(args.bundle, port=args.port, foreground=args.foreground, timeout_s=args.timeout, host=args.host, seed=args.seed)
+
+
+def _purify(args: argparse.Namespace) -> None:
+    from serving.batch import purify_folder
+
+    summary = purify_folder(args.src, args.dst, bundle=args.bundle, batch_size=args.batch_size, seed=args.seed)
+    print(summary.describe())
+    if summary.failed:
+        sys.exit(1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="purifier", description="Adversarial purification: train, export, serve, purify.")
+    commands = parser.add_subparsers(dest="command_name", required=True)
+
+    train = commands.add_parser("train", help="train a classifier or a purifier into a bundle")
+    trainers = train.add_subparsers(dest="trainer", required=True)
+    classifier = trainers.add_parser("classifier", help="standard classifier training", argument_default=argparse.SUPPRESS)
+    _add_common_training(classifier)
+    classifier.add_argument("--dataset", choices=DATASETS, help="fashion-mnist (default), cifar10 or folder")
+    classifier.add_argument("--weight-decay", type=float)
+    purifier = trainers.add_parser(
+        "purifier", help="purifier pre-training: reconstruct clean images from randomly masked/noised ones", argument_default=argparse.SUPPRESS,
+    )
+    _add_common_training(purifier)
+    purifier.add_argument("--classifier", type=Path, required=True, help="bundle with the classifier to put the purifier in front of")
+    purifier.add_argument("--transform", choices=KINDS, help="random transform: mask (RT1) or noise_mask (RT2, default)")
+    purifier.add_argument("--block-size", type=int)
+    purifier.add_argument("--missing-rate", type=float)
+    purifier.add_argument("--noise-std", type=float)
+    train.set_defaults(func=_train)
+
+    export = commands.add_parser("export", help="export a bundle to ONNX and check parity with PyTorch")
+    export.add_argument("bundle", type=Path)
+    export.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed between ONNX Runtime and PyTorch")
+    export.add_argument("--seed", type=int, default=0)
+    export.set_defaults(func=_export)
+
+    serve = commands.add_parser("serve", help="serve a bundle with TorchServe on 127.0.0.1")
+    serve.add_argument("bundle", type=Path, nargs="?", help="bundle directory (default: the bundled Fashion-MNIST model)")
+    serve.add_argument("--port", type=int, default=8080, help="inference port (management and metrics use the next two)")
+    serve.add_argument("--host", default="127.0.0.1", help="address for inference and metrics (management stays on 127.0.0.1); 0.0.0.0 only inside a container")
+    serve.add_argument("--foreground", action="store_true", help="stay attached (containers)")
+    serve.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the model to load")
+    serve.add_argument("--seed", type=int, help="seed the random transform, for reproducible debugging only (default: OS entropy; a known seed lets an attacker predict the masks)")
+    serve.add_argument("--stop", action="store_true", help="stop the running server")
+    serve.add_argument("--status", action="store_true", help="exit 0 if the served model is loaded and ready, else 2")
+    serve.set_defaults(func=_serve)
+
+    purify = commands.add_parser("purify", help="purify a folder of images into DST with predictions")
+    purify.add_argument("src", type=Path)
+    purify.add_argument("dst", type=Path)
+    purify.add_argument("--bundle", type=Path, help="bundle directory (default: the bundled Fashion-MNIST model)")
+    purify.add_argument("--batch-size", type=int, default=64)
+    purify.add_argument("--seed", type=int, default=0, help="seed of the random transform")
+    purify.set_defaults(func=_purify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    args.command = "purifier " + shlex.join(argv)
+    try:
+        args.func(args)
+    except PurifierError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Turn bundles into deployable graphs (ONNX; TensorRT where it exists) and prove parity."""

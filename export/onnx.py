@@ -1,0 +1,125 @@
+"""ONNX export of a bundle: classifier, purifier and fused pipeline, each with a dynamic batch axis.
+
+Graphs (all float32, NCHW, [0, 1]):
+
+    classifier.onnx  image -> logits
+    purifier.onnx    image, mask, noise -> purified          (g(t(x)), RT applied in-graph)
+    pipeline.onnx    image, mask, noise -> logits, purified  (f(g(t(x))))
+
+The random transform's randomness enters as the ``mask`` and ``noise`` inputs, sampled by the
+runtime with ``RandomTransform.sample``, so PyTorch and ONNX Runtime can be compared exactly.
+After writing, every graph is run in ONNX Runtime on fresh random inputs at two batch sizes
+and compared with PyTorch; a difference above the tolerance raises ExportParityError.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import torch
+from torch import nn
+
+from purifier.bundle import Bundle, load_bundle, update_manifest
+from purifier.errors import PurifierError
+from purifier.pipeline import Pipeline
+
+OPSET = 18
+EXPORT_DIR = "onnx"
+GRAPHS = {
+    "classifier": (("image",), ("logits",)),
+    "purifier": (("image", "mask", "noise"), ("purified",)),
+    "pipeline": (("image", "mask", "noise"), ("logits", "purified")),
+}
+
+
+class ExportParityError(PurifierError):
+    """ONNX Runtime's outputs differ from PyTorch's by more than the tolerance."""
+
+
+class _Graph(nn.Module):
+    """Adapts one stage of a Pipeline to the graph signatures above."""
+
+    def __init__(self, pipeline: Pipeline, stage: str) -> None:
+        super().__init__()
+        self.pipeline, self.stage = pipeline, stage
+
+    def forward(self, image, mask=None, noise=None):
+        if self.stage == "classifier":
+            return self.pipeline.classifier(image)
+        if self.stage == "purifier":
+            return self.pipeline.purify_with(image, mask, noise)
+        return self.pipeline.forward_with(image, mask, noise)
+
+
+def _inputs(pipeline: Pipeline, shape: tuple[int, int, int], batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    image = rng.random((batch, *shape), dtype=np.float32)
+    mask, noise = pipeline.transform.sample(batch, shape, rng)
+    return {"image": image, "mask": mask, "noise": noise}
+
+
+def _export_graph(pipeline: Pipeline, stage: str, shape: tuple[int, int, int], path: Path) -> None:
+    input_names, output_names = GRAPHS[stage]
+    example = _inputs(pipeline, shape, 2, np.random.default_rng(0))
+    args = tuple(torch.from_numpy(example[name]) for name in input_names)
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Graph(pipeline, stage).eval(), args, str(path), input_names=list(input_names), output_names=list(output_names),
+            dynamic_shapes={name: {0: batch} for name in input_names}, opset_version=OPSET, dynamo=True,
+            external_data=False, verbose=False,
+        )
+
+
+def parity(pipeline: Pipeline, stage: str, path: Path, shape: tuple[int, int, int], seed: int) -> float:
+    """Max |ONNX Runtime - PyTorch| over all outputs, at batch sizes 1 and 7, on fresh inputs."""
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    input_names, _ = GRAPHS[stage]
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for batch in (1, 7):
+        feeds = {name: value for name, value in _inputs(pipeline, shape, batch, rng).items() if name in input_names}
+        with torch.no_grad():
+            reference = _Graph(pipeline, stage)(*(torch.from_numpy(feeds[name]) for name in input_names))
+        reference = reference if isinstance(reference, tuple) else (reference,)
+        for got, want in zip(session.run(None, feeds), reference):
+            worst = max(worst, float(np.abs(got - want.numpy()).max()))
+    return worst
+
+
+def export_bundle(bundle_path: Path, tolerance: float = 1e-4, seed: int = 0) -> Bundle:
+    """Export every graph of the bundle into BUNDLE/onnx/, check parity, record it in bundle.json."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    bundle = load_bundle(bundle_path)
+    pipeline = bundle.pipeline(seed=seed)
+    stages = [stage for stage in GRAPHS if stage != "purifier" or bundle.has_purifier]
+    target = bundle.path / EXPORT_DIR
+    target.mkdir(exist_ok=True)
+    records = {}
+    with tempfile.TemporaryDirectory(dir=target) as scratch:
+        for stage in stages:
+            staged = Path(scratch) / f"{stage}.onnx"
+            _export_graph(pipeline, stage, bundle.input_shape, staged)
+            difference = parity(pipeline, stage, staged, bundle.input_shape, seed)
+            print(f"{stage}.onnx: max abs difference vs PyTorch {difference:.2e} (tolerance {tolerance:.0e})", file=sys.stderr)
+            if not difference <= tolerance:
+                raise ExportParityError(
+                    f"{stage}.onnx differs from PyTorch by {difference:.3g} > {tolerance:g}; the graph is wrong, nothing was written to {target}"
+                )
+            inputs, outputs = GRAPHS[stage]
+            records[stage] = {"file": f"{EXPORT_DIR}/{stage}.onnx", "inputs": list(inputs), "outputs": list(outputs), "max_abs_diff": difference}
+        for stage in stages:
+            (Path(scratch) / f"{stage}.onnx").replace(target / f"{stage}.onnx")
+    exports = {"onnx": {
+        "opset": OPSET, "graphs": records, "parity_tolerance": tolerance, "parity_seed": seed,
+        "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+    }}
+    updated = update_manifest(bundle, {"exports": exports}, [record["file"] for record in records.values()])
+    print(f"exported {', '.join(stages)} to {target}")
+    return updated

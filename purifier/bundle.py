@@ -1,0 +1,162 @@
+"""The bundle: one directory holding everything needed to serve or evaluate a trained system.
+
+    BUNDLE/bundle.json              manifest (schema below), written last
+    BUNDLE/classifier.safetensors   classifier weights (never pickle)
+    BUNDLE/purifier.safetensors     purifier weights, when the bundle has a purifier
+    BUNDLE/onnx/*.onnx              exports, added by ``purifier export``
+
+bundle.json: ``schema_version``, ``name``, ``dataset`` {name, input_shape [C,H,W], class_names},
+``classifier`` {architecture, config (incl. normalisation mean/std), weights},
+``purifier`` (null or {method, architecture, config, weights, random_transform}),
+``training`` (one record per stage: command, arguments, wall time), ``metrics`` (name ->
+{value, protocol}), ``exports``, and ``files`` (relative path -> sha256), verified on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from purifier.errors import BundleError
+from purifier.fsutil import atomic_write_json, publish_dir, sha256_file, staging_dir
+from purifier.models import CLASSIFIERS, PURIFIERS, build
+from purifier.pipeline import Pipeline
+from purifier.transforms import RandomTransform
+
+SCHEMA_VERSION = 1
+MANIFEST = "bundle.json"
+DEFAULT_BUNDLE = Path(os.environ.get("PURIFIER_DEFAULT_BUNDLE", Path(__file__).resolve().parent.parent / "bundles" / "fmnist-default"))
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk: its directory and parsed manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.manifest["dataset"]["input_shape"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["dataset"]["class_names"])
+
+    @property
+    def transform(self) -> RandomTransform:
+        purifier = self.manifest.get("purifier")
+        return RandomTransform(**purifier["random_transform"]) if purifier else RandomTransform()
+
+    @property
+    def has_purifier(self) -> bool:
+        return self.manifest.get("purifier") is not None
+
+    def classifier(self) -> nn.Module:
+        return _build_model(self, "classifier", CLASSIFIERS)
+
+    def purifier(self) -> nn.Module | None:
+        return _build_model(self, "purifier", PURIFIERS) if self.has_purifier else None
+
+    def pipeline(self, seed: int | None = 0) -> Pipeline:
+        """RT -> purifier -> classifier, in eval mode, frozen."""
+        pipeline = Pipeline(self.classifier(), self.purifier(), self.transform, seed=seed).eval()
+        pipeline.requires_grad_(False)
+        return pipeline
+
+    def file(self, relative: str) -> Path:
+        return self.path / relative
+
+
+def _build_model(bundle: Bundle, role: str, registry: dict) -> nn.Module:
+    entry = bundle.manifest[role]
+    try:
+        model = build(registry, entry["architecture"], entry["config"])
+    except (KeyError, TypeError) as error:
+        raise BundleError(f"bundle {bundle.path}: cannot build {role} ({error}); the bundle was made by an incompatible version") from None
+    try:
+        state = load_file(bundle.file(entry["weights"]))
+        model.load_state_dict(state, strict=True)
+    except (SafetensorError, RuntimeError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise BundleError(f"bundle {bundle.path}: {role} weights do not load ({first_line}); retrain or re-copy the bundle") from None
+    return model.eval()
+
+
+def load_bundle(path: Path | str | None = None) -> Bundle:
+    """Read and verify a bundle (default: the bundled Fashion-MNIST model).
+
+    Raises BundleError when bundle.json is missing or unreadable, its schema is unknown, a
+    listed file is missing, or any file's sha256 differs from the manifest.
+    """
+    path = Path(path) if path is not None else DEFAULT_BUNDLE
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path} is not a bundle (no {MANIFEST}); pass a directory written by 'purifier train'")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BundleError(f"{manifest_path} is not valid JSON ({error}); the bundle is damaged, re-copy or retrain it") from None
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        found = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        raise BundleError(f"{path}: bundle schema version {found!r} is not supported (expected {SCHEMA_VERSION}); re-export it with this version")
+    files = manifest.get("files") or {}
+    for role in ("classifier", "purifier"):
+        entry = manifest.get(role)
+        if entry and entry.get("weights") not in files:
+            raise BundleError(f"{path}: {role} weights are not listed in {MANIFEST}'s files; the bundle is incomplete")
+    for relative, expected in files.items():
+        file_path = path / relative
+        if not file_path.is_file():
+            raise BundleError(f"{path}: file {relative} is missing; the bundle is incomplete, re-copy or retrain it")
+        if sha256_file(file_path) != expected:
+            raise BundleError(f"{path}: {relative} does not match its sha256 in {MANIFEST}; the file was modified or truncated, re-copy the bundle")
+    return Bundle(path, manifest)
+
+
+def load(path: Path | str | None = None, seed: int | None = 0) -> Pipeline:
+    """The bundle's full defended model (RT -> purifier -> classifier) as an eval-mode module."""
+    return load_bundle(path).pipeline(seed=seed)
+
+
+def write_bundle(out: Path, manifest: dict[str, Any], models: dict[str, nn.Module]) -> Bundle:
+    """Write a bundle atomically: build it in a staging directory, hash every file, then rename.
+
+    ``models`` maps a role ('classifier', 'purifier') to the module whose state is saved as
+    ``ROLE.safetensors``; ``manifest[ROLE]`` describes its architecture and config.
+    """
+    staged = staging_dir(out)
+    try:
+        manifest = {"schema_version": SCHEMA_VERSION, **manifest}
+        for role, model in models.items():
+            weights = f"{role}.safetensors"
+            state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+            save_file(state, str(staged / weights))
+            manifest[role] = dict(manifest[role], weights=weights)
+        manifest["files"] = {file.name: sha256_file(file) for file in sorted(staged.glob("*.safetensors"))}
+        atomic_write_json(staged / MANIFEST, manifest)
+        publish_dir(staged, out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return load_bundle(out)
+
+
+def update_manifest(bundle: Bundle, changes: dict[str, Any], new_files: list[str] = ()) -> Bundle:
+    """Merge ``changes`` into bundle.json and hash ``new_files`` (paths relative to the bundle)."""
+    manifest = dict(bundle.manifest, **changes)
+    manifest["files"] = dict(manifest["files"], **{name: sha256_file(bundle.path / name) for name in new_files})
+    atomic_write_json(bundle.path / MANIFEST, manifest)
+    return load_bundle(bundle.path)

@@ -1,0 +1,29 @@
+"""Data sets by name: ``load_dataset('fashion-mnist' | 'cifar10' | 'folder', split, data_dir)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from purifier.data.cifar import load_cifar10
+from purifier.data.dataset import ImageDataset
+from purifier.data.folder import load_image_folder
+from purifier.data.idx import load_fashion_mnist
+from purifier.errors import DataError
+
+DATASETS = ("fashion-mnist", "cifar10", "folder")
+
+
+def load_dataset(name: str, split: str = "train", data_dir: Path | None = None) -> ImageDataset:
+    """Load ``split`` of data set ``name``; ``data_dir`` overrides the default location."""
+    if name == "fashion-mnist":
+        return load_fashion_mnist(split, data_dir)
+    if data_dir is None:
+        raise DataError(f"data set {name!r} needs --data-dir")
+    if name == "cifar10":
+        return load_cifar10(data_dir, split)
+    if name == "folder":
+        return load_image_folder(data_dir, split)
+    raise DataError(f"unknown data set {name!r}; use one of {', '.join(DATASETS)}")
+
+
+__all__ = ["DATASETS", "ImageDataset", "load_dataset"]

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian machine with Python 3.11:
+#   scripts/bootstrap.sh serve [BUNDLE] [--port N]   set up, then serve the bundle (default model)
+#   scripts/bootstrap.sh test [PYTEST ARGS]          set up, then run the test suite
+# Set-up is idempotent: Debian packages (Java 17, Fashion-MNIST) only when missing, the
+# virtual environment .venv only when pyproject.toml changed since the last install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+job="${1:-}"
+case "$job" in serve|test) shift ;; *) echo "usage: scripts/bootstrap.sh serve|test [ARGS...]" >&2; exit 2 ;; esac
+
+apt_packages=()
+command -v java >/dev/null 2>&1 || apt_packages+=(openjdk-17-jre-headless)
+[ -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || apt_packages+=(dataset-fashion-mnist)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing Debian packages: ${apt_packages[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >&2
+fi
+
+python=python3.11; command -v "$python" >/dev/null 2>&1 || python=python3
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+  echo "installing Python packages into .venv" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" >&2
+  rm -f .venv/.installed-*; touch "$stamp"
+fi
+
+case "$job" in
+  serve) exec .venv/bin/purifier serve "$@" ;;
+  test)  exec .venv/bin/python -m pytest "$@" ;;
+esac

@@ -1,0 +1,1 @@
+"""Run exported models: the TorchServe handler (online) and the batch job (offline)."""

@@ -1,0 +1,71 @@
+"""Decode -> random transform -> purifier -> classifier -> predictions: the logic both the
+TorchServe handler and the batch job call, with no server needed to test it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from purifier.bundle import Bundle, load_bundle
+from purifier.errors import ImageDecodeError
+from purifier.images import decode_image, to_uint8
+from serving.runtime import Runtime, create_runtime
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    probabilities: dict[str, float]
+    purification_changed_prediction: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+class PurificationService:
+    """A bundle plus a runtime: turns uint8 images into predictions and purified images.
+
+    ``seed`` fixes the random transform's stream (batch jobs); ``None`` draws it from OS
+    entropy (serving), so an attacker cannot predict the masks.
+    """
+
+    def __init__(self, bundle: Bundle, runtime: Runtime, seed: int | None = None, top_k: int = 3) -> None:
+        self.bundle, self.runtime, self.top_k = bundle, runtime, min(top_k, len(bundle.class_names))
+        self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def from_bundle(cls, path: Path | str | None, runtime: str = "onnxruntime", seed: int | None = None, threads: int = 0) -> "PurificationService":
+        bundle = load_bundle(path)
+        return cls(bundle, create_runtime(bundle, runtime, threads), seed)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Encoded image bytes -> uint8 (H, W, C) at the bundle's input shape (ImageDecodeError if not)."""
+        if not isinstance(data, (bytes, bytearray)):
+            raise ImageDecodeError(f"expected raw image bytes, got {type(data).__name__}: send the image file as the request body")
+        return decode_image(bytes(data), self.bundle.input_shape)
+
+    def run(self, images: np.ndarray) -> tuple[list[Prediction], np.ndarray]:
+        """Predictions and purified uint8 images (N, H, W, C) for uint8 images (N, H, W, C)."""
+        batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+        mask, noise = self.bundle.transform.sample(len(batch), self.bundle.input_shape, self.rng)
+        logits, purified = self.runtime.pipeline(batch, mask, noise)
+        raw_index = self.runtime.classifier(batch).argmax(axis=1) if self.bundle.has_purifier else logits.argmax(axis=1)
+        probabilities = softmax(logits)
+        names = self.bundle.class_names
+        predictions = []
+        for row, raw in zip(probabilities, raw_index):
+            top = np.argsort(-row)[: self.top_k]
+            predictions.append(Prediction(
+                label=names[int(top[0])], index=int(top[0]),
+                probabilities={names[int(i)]: round(float(row[i]), 6) for i in top},
+                purification_changed_prediction=bool(int(top[0]) != int(raw)),
+            ))
+        return predictions, to_uint8(purified)

@@ -1,0 +1,84 @@
+"""Training CLI: bundles with records, resume after a kill, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from purifier.bundle import load_bundle
+from purifier.errors import PurifierError
+from purifier.images import encode_png
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.classifier import ClassifierConfig, train_classifier
+from training.common import checkpoint_dir_for
+
+PURIFIER = [sys.executable, "-m", "cli.main"]
+
+
+def test_classifier_bundle_records_command_and_metrics(tmp_path):
+    bundle = train_classifier(ClassifierConfig(out=tmp_path / "clf", epochs=1, limit=600, command="purifier train classifier ..."))
+    record = bundle.manifest["training"][0]
+    assert record["command"] == "purifier train classifier ..." and record["epochs"] == 1 and record["wall_time_s"] > 0
+    assert bundle.manifest["metrics"]["clean_accuracy_classifier"]["protocol"] == {"split": "test", "images": 10000}
+    assert not checkpoint_dir_for(tmp_path / "clf").exists()
+
+
+def test_checkpoint_of_other_arguments_is_refused(tmp_path):
+    save_checkpoint(tmp_path, {"fingerprint": {"lr": 0.05, "epochs": 3}, "epoch": 1})
+    assert load_checkpoint(tmp_path, {"lr": 0.05, "epochs": 3})["epoch"] == 1
+    with pytest.raises(PurifierError, match="different arguments \\(lr\\).*--restart"):
+        load_checkpoint(tmp_path, {"lr": 0.01, "epochs": 3})
+
+
+def _run(args, **kwargs):
+    return subprocess.run(PURIFIER + args, capture_output=True, text=True, **kwargs)
+
+
+def test_killed_training_resumes_to_the_same_weights(tmp_path):
+    common = ["train", "classifier", "--epochs", "3", "--limit", "6000", "--widths", "8,16,32"]
+    reference = _run(common + ["--out", str(tmp_path / "straight")])
+    assert reference.returncode == 0, reference.stderr
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen(PURIFIER + common + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = checkpoint_dir_for(out) / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists() and not out.exists(), "the run must be killed after its first checkpoint, before it finished"
+
+    resumed = _run(common + ["--out", str(out)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    straight, again = load_file(tmp_path / "straight" / "classifier.safetensors"), load_file(out / "classifier.safetensors")
+    assert all((straight[k] == again[k]).all() for k in straight)
+    assert load_bundle(out).manifest["training"][0]["epochs"] == 3
+
+
+def test_missing_data_is_one_line_with_the_fix(tmp_path):
+    result = _run(["train", "classifier", "--out", str(tmp_path / "x"), "--data-dir", str(tmp_path / "nowhere")])
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "dataset-fashion-mnist" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_trains_on_users_own_image_folder(tmp_path, fmnist_test):
+    for index in range(60):
+        folder = tmp_path / "images" / "train" / fmnist_test.class_names[fmnist_test.labels[index]].replace("/", "-")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{index}.png").write_bytes(encode_png(fmnist_test.images[index]))
+    result = _run(["train", "classifier", "--dataset", "folder", "--data-dir", str(tmp_path / "images"), "--epochs", "1", "--out", str(tmp_path / "mine")])
+    assert result.returncode == 0, result.stderr
+    bundle = load_bundle(tmp_path / "mine")
+    assert bundle.manifest["dataset"]["name"] == "folder:images" and len(bundle.class_names) == len({fmnist_test.labels[i] for i in range(60)})
+    result = _run(["train", "purifier", "--classifier", str(tmp_path / "mine"), "--data-dir", str(tmp_path / "images"), "--epochs", "1", "--out", str(tmp_path / "mine-pur")])
+    assert result.returncode == 0, result.stderr
+    assert load_bundle(tmp_path / "mine-pur").has_purifier

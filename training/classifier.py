@@ -1,0 +1,71 @@
+"""Standard (non-adversarial) classifier training: min_θ E[(x,y)] CE(f_θ(x), y).
+
+The baseline every defence is measured against, and the classifier a purifier is put in
+front of. SGD with Nesterov momentum and a cosine learning-rate schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from purifier.bundle import Bundle
+from purifier.models import CLASSIFIERS, build
+from training.common import (
+    TrainConfig, accuracy, channel_stats, checkpoint_dir_for, fingerprint, load_split, metric, publish, seed_everything, training_record,
+)
+from training.loop import TrainState, batches, progress, run_epochs
+
+
+@dataclass(kw_only=True)
+class ClassifierConfig(TrainConfig):
+    dataset: str = "fashion-mnist"
+    weight_decay: float = 5e-4
+
+
+def train_classifier(config: ClassifierConfig) -> Bundle:
+    """Train a ResNetSmall classifier and write it as a bundle (no purifier) to ``config.out``."""
+    seed_everything(config.seed)
+    data, images, labels = load_split(config.dataset, config.data_dir, "train", config.limit)
+    mean, std = channel_stats(images)
+    model_config = {
+        "in_channels": data.input_shape[0], "num_classes": len(data.class_names),
+        "widths": list(config.widths), "mean": mean, "std": std,
+    }
+    model = build(CLASSIFIERS, "resnet_small", model_config)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+    steps = config.epochs * -(-len(labels) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.15)
+    state = TrainState({"classifier": model}, {"classifier": optimizer}, {"classifier": scheduler})
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        total_loss, correct, seen = 0.0, 0, 0
+        count = -(-len(labels) // config.batch_size)
+        bar = progress(batches(len(labels), config.batch_size, config.seed, epoch), count, f"classifier epoch {epoch + 1}/{config.epochs}")
+        for index in bar:
+            logits = model(images[index])
+            loss = F.cross_entropy(logits, labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(index)
+            correct += int((logits.argmax(1) == labels[index]).sum())
+            seen += len(index)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+        return {"loss": total_loss / seen, "train_accuracy": correct / seen}
+
+    run_epochs(state, config.epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart)
+    test, test_images, test_labels = load_split(config.dataset, config.data_dir, "test")
+    manifest = {
+        "name": config.name or Path(config.out).name,
+        "dataset": {"name": data.name, "input_shape": list(data.input_shape), "class_names": list(data.class_names)},
+        "classifier": {"architecture": "resnet_small", "config": model_config, "method": "standard"},
+        "purifier": None,
+        "training": [training_record("classifier", config, state)],
+        "metrics": {"clean_accuracy_classifier": metric(accuracy(model, test_images, test_labels), split="test", images=len(test))},
+    }
+    return publish(config.out, manifest, {"classifier": model})

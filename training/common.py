@@ -1,0 +1,111 @@
+"""Pieces every trainer shares: configs -> fingerprints, data, records and test-set metrics."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from purifier.bundle import Bundle, write_bundle
+from purifier.data import ImageDataset, load_dataset
+from training.loop import TrainState
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Arguments every trainer takes; each trainer's config adds its own."""
+
+    out: Path
+    data_dir: Path | None = None
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    widths: tuple[int, ...] = (16, 32, 64)
+    seed: int = 0
+    limit: int | None = None
+    name: str | None = None
+    restart: bool = False
+    command: str | None = None
+
+
+# Arguments that say where things go, not what is trained: they may change between resumes.
+_NOT_FINGERPRINTED = {"out", "restart", "device", "name", "command", "checkpoint_dir"}
+
+
+def fingerprint(config: Any) -> dict[str, Any]:
+    """The training-relevant arguments of a config dataclass, JSON-friendly."""
+    return {f.name: _plain(getattr(config, f.name)) for f in fields(config) if f.name not in _NOT_FINGERPRINTED}
+
+
+def arguments(config: Any) -> dict[str, Any]:
+    return {key: _plain(value) for key, value in asdict(config).items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def checkpoint_dir_for(out: Path) -> Path:
+    """Where a run writing bundle ``out`` keeps its checkpoints: a hidden sibling directory."""
+    out = Path(out)
+    return out.parent / f".{out.name}.checkpoint"
+
+
+def load_split(dataset: str, data_dir: Path | None, split: str, limit: int | None = None) -> tuple[ImageDataset, torch.Tensor, torch.Tensor]:
+    data = load_dataset(dataset, split, data_dir).head(limit)
+    images, labels = data.tensors()
+    return data, images, labels
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of float NCHW images: the classifier's built-in normalisation."""
+    return images.mean(dim=(0, 2, 3)).tolist(), images.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``model`` (logits out) in eval mode."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        logits = model(images[start:start + batch_size])
+        correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
+    return correct / max(len(labels), 1)
+
+
+def training_record(stage: str, config: Any, state: TrainState) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "command": getattr(config, "command", None),
+        "arguments": arguments(config),
+        "epochs": state.epoch,
+        "wall_time_s": round(state.elapsed_s, 1),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch_threads": torch.get_num_threads(),
+        "history": state.history,
+    }
+
+
+def metric(value: float, **protocol: Any) -> dict[str, Any]:
+    return {"value": round(float(value), 4), "protocol": protocol}
+
+
+def publish(out: Path, manifest: dict[str, Any], models: dict[str, nn.Module]) -> Bundle:
+    """Write the finished bundle, then drop the run's checkpoint: the bundle is the result."""
+    bundle = write_bundle(out, manifest, models)
+    shutil.rmtree(checkpoint_dir_for(out), ignore_errors=True)
+    return bundle
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)

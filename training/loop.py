@@ -1,0 +1,97 @@
+"""The resumable epoch loop every trainer uses: progress bar, per-epoch checkpoint, resume."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from training.checkpoint import load_checkpoint, save_checkpoint
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training and must survive a restart."""
+
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+    elapsed_s: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def state_dict(self, fingerprint: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "fingerprint": fingerprint,
+            "epoch": self.epoch,
+            "elapsed_s": self.elapsed_s,
+            "history": self.history,
+            **{f"module.{k}": m.state_dict() for k, m in self.modules.items()},
+            **{f"optimizer.{k}": o.state_dict() for k, o in self.optimizers.items()},
+            **{f"scheduler.{k}": s.state_dict() for k, s in self.schedulers.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.elapsed_s, self.history = state["epoch"], state["elapsed_s"], state["history"]
+        for group in ("module", "optimizer", "scheduler"):
+            for key, target in getattr(self, f"{group}s").items():
+                target.load_state_dict(state[f"{group}.{key}"])
+
+
+def batches(count: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:
+    """Index batches of a permutation that depends only on (seed, epoch), so resumes replay exactly."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(count, generator=generator)
+    for start in range(0, count, batch_size):
+        yield order[start:start + batch_size]
+
+
+def progress(iterable, total: int, description: str):
+    """A tqdm bar on stderr; sparse updates when stderr is not a terminal (CI logs)."""
+    interactive = sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=description, file=sys.stderr, mininterval=0.2 if interactive else 30.0, leave=interactive, dynamic_ncols=True)
+
+
+def run_epochs(
+    state: TrainState,
+    epochs: int,
+    train_epoch: Callable[[int], dict[str, float]],
+    checkpoint_dir: Path,
+    fingerprint: dict[str, Any],
+    restart: bool = False,
+) -> TrainState:
+    """Run ``train_epoch(epoch)`` for the epochs not done yet, checkpointing after each one.
+
+    If ``checkpoint_dir`` holds a checkpoint made with the same ``fingerprint`` the run resumes
+    after its last finished epoch; ``restart`` discards it instead.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if restart and checkpoint_dir.exists():
+        shutil.rmtree(checkpoint_dir)
+    saved = load_checkpoint(checkpoint_dir, fingerprint)
+    if saved is not None:
+        state.load_state_dict(saved)
+        print(f"resuming from {checkpoint_dir} after epoch {state.epoch}/{epochs}", file=sys.stderr)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    while state.epoch < epochs:
+        started = time.perf_counter()
+        for module in state.modules.values():
+            module.train()
+        metrics = train_epoch(state.epoch)
+        state.elapsed_s += time.perf_counter() - started
+        state.epoch += 1
+        state.history.append({"epoch": state.epoch, **{k: round(v, 5) for k, v in metrics.items()}})
+        save_checkpoint(checkpoint_dir, state.state_dict(fingerprint))
+        summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        print(f"epoch {state.epoch}/{epochs}: {summary} ({state.elapsed_s:.0f}s so far)", file=sys.stderr)
+    for module in state.modules.values():
+        module.eval()
+    return state
