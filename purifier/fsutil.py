@@ -55,8 +55,14 @@ def staging_dir(final: Path) -> Path:
 
 
 def publish_dir(staged: Path, final: Path) -> None:
-    """Move a completed ``staged`` directory to ``final``, replacing what was there."""
+    """Move a completed ``staged`` directory to ``final``, replacing what was there.
+
+    Files get ordinary permissions first (some writers, safetensors among them, create 0600).
+    """
     final = Path(final)
+    for file in Path(staged).rglob("*"):
+        if file.is_file():
+            os.chmod(file, 0o666 & ~_umask())
     if final.exists():
         retired = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
         os.replace(final, retired / final.name)

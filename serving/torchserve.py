@@ -27,6 +27,7 @@ import yaml
 
 from purifier.bundle import Bundle, load_bundle
 from purifier.errors import PurifierError
+from serving.torchserve_handler import LOAD_FAILED
 
 HANDLER = Path(__file__).with_name("torchserve_handler.py")
 EXAMPLE_IMAGE = Path(__file__).resolve().parent.parent / "examples" / "fashion-mnist" / "sneaker.png"
@@ -135,19 +136,13 @@ def _keys(directory: Path) -> tuple[str, str] | None:
 
 
 def _load_failure(log_dir: Path) -> str | None:
-    """The first line of our own error or a Python traceback's last line in the model log."""
+    """The reason the handler logged (tagged LOAD_FAILED) if the model failed to load."""
     log = log_dir / "model_log.log"
     if not log.exists():
         return None
-    lines = log.read_text(errors="replace").splitlines()
-    for line in lines:
-        if "Error:" in line and ("purifier.errors" in line or "BundleError" in line or "PurifierError" in line):
-            return line.split(" - ", 1)[-1].strip()
-    for index, line in enumerate(lines):
-        if "Traceback (most recent call last)" in line:
-            tail = [l for l in lines[index:] if re.search(r"\b\w+(Error|Exception)\b:", l)]
-            if tail:
-                return tail[-1].split(" - ", 1)[-1].strip()
+    for line in log.read_text(errors="replace").splitlines():
+        if LOAD_FAILED in line:
+            return line.split(LOAD_FAILED, 1)[1].strip()
     return None
 
 

@@ -1,43 +1,34 @@
 """The real TorchServe on 127.0.0.1 with the default bundle: real PNGs in, right labels out.
 
-The module starts one server with ``purifier serve`` as a user would, the failure tests start
-their own, and each is stopped afterwards (TorchServe keeps a machine-wide pid file, so only
-one can run at a time). Request loops are bounded.
+The module starts one server with ``purifier serve`` as a user would and stops it at the end
+(TorchServe keeps a machine-wide pid file, so only one runs at a time; failures to start are
+tested in test_serving_failures.py). Request loops are bounded.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 
 import pytest
 import requests
 
 from purifier.bundle import DEFAULT_BUNDLE
-from purifier.fsutil import sha256_file
 from purifier.images import encode_png
 from serving.service import PurificationService
 
-PORT = 18280
-PURIFIER = [sys.executable, "-m", "cli.main"]
-pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17 (scripts/bootstrap.sh installs it)")
+from tests.serving_helpers import PORT, needs_java, serve as _serve
+
+pytestmark = needs_java
 
 
-def _serve(args, tmp_path, timeout=240):
-    env = {**os.environ, "PURIFIER_SERVE_DIR": str(tmp_path / "serve")}
-    return subprocess.run(PURIFIER + ["serve", *args, "--port", str(PORT)], capture_output=True, text=True, timeout=timeout, env=env)
-
-
-FIRST = 20
+FIRST = 100
 DEFAULT_CLASSES = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, fmnist_test):
-    """The default model served with a fixed transform seed; the first 20 test images posted first."""
+    """The default model served with a fixed transform seed; the first 100 test images posted first."""
     state = tmp_path_factory.mktemp("server")
     started = _serve(["--seed", "0"], state)
     try:
@@ -58,7 +49,9 @@ def test_default_bundle_classifies_real_fashion_mnist_pngs(server, fmnist_test):
         assert set(body) == {"label", "index", "probabilities", "purification_changed_prediction"}
         assert body["label"] == fmnist_test.class_names[body["index"]]
     correct = sum(r.json()["index"] == label for r, label in zip(server["first"], fmnist_test.labels[:FIRST]))
-    assert correct >= 0.9 * FIRST, f"{correct}/{FIRST} right"
+    # The default pipeline's clean accuracy is 87.9% on all 10k test images (bundle.json); the
+    # bare classifier's is 92.7%. 85% over these 100 leaves room for sampling, not for a broken server.
+    assert correct >= 0.85 * FIRST, f"{correct}/{FIRST} right"
 
 
 def test_server_answers_exactly_as_the_offline_pipeline(server, fmnist_test):
@@ -90,32 +83,3 @@ def test_bad_image_and_missing_token_are_client_errors(server):
     ok = requests.post(server["url"], data=(DEFAULT_BUNDLE.parent.parent / "examples/fashion-mnist/bag.png").read_bytes(),
                        headers={"Authorization": f"Bearer {server['key']}"}, timeout=30)
     assert ok.status_code == 200  # the worker survived the bad request
-
-
-def _no_server_left():
-    with pytest.raises(requests.ConnectionError):
-        requests.get(f"http://127.0.0.1:{PORT}/ping", timeout=5)
-
-
-def _damaged_copy(tmp_path):
-    broken = tmp_path / "broken"
-    shutil.copytree(DEFAULT_BUNDLE, broken)
-    graph = broken / "onnx" / "pipeline.onnx"
-    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
-    return broken
-
-
-def test_tampered_bundle_is_refused_before_starting(tmp_path):
-    result = _serve([str(_damaged_copy(tmp_path))], tmp_path)
-    assert result.returncode == 2 and "sha256" in result.stderr and result.stderr.count("\n") == 1
-    _no_server_left()
-
-
-def test_model_that_fails_in_the_worker_stops_the_server(tmp_path):
-    broken = _damaged_copy(tmp_path)  # truncated graph, re-hashed: verification passes, ONNX Runtime fails
-    manifest = json.loads((broken / "bundle.json").read_text())
-    manifest["files"]["onnx/pipeline.onnx"] = sha256_file(broken / "onnx" / "pipeline.onnx")
-    (broken / "bundle.json").write_text(json.dumps(manifest))
-    result = _serve([str(broken)], tmp_path)
-    assert result.returncode == 2 and "failed to load" in result.stderr, result.stderr
-    _no_server_left()
