@@ -15,6 +15,7 @@ from pathlib import Path
 from purifier.data import DATASETS
 from purifier.errors import PurifierError
 from purifier.transforms import KINDS
+from training.adversarial import METHODS
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_training(classifier)
     classifier.add_argument("--dataset", choices=DATASETS, help="fashion-mnist (default), cifar10 or folder")
     classifier.add_argument("--weight-decay", type=float)
+    classifier.add_argument("--method", choices=METHODS, help="standard (default), pgd (Madry PGD-AT) or fgsm_rs (Wong fast AT)")
+    classifier.add_argument("--eps", type=float, help="L∞ radius of adversarial training (default 0.1)")
+    classifier.add_argument("--attack-steps", type=int, help="PGD steps per batch in PGD-AT (default 10)")
     purifier = trainers.add_parser(
         "purifier", help="purifier pre-training: reconstruct clean images from randomly masked/noised ones", argument_default=argparse.SUPPRESS,
     )

@@ -1,7 +1,7 @@
-"""Standard (non-adversarial) classifier training: min_θ E[(x,y)] CE(f_θ(x), y).
+"""Classifier training: standard, min_θ E_(x,y) CE(f_θ(x), y), or adversarial (see adversarial.py).
 
-The baseline every defence is measured against, and the classifier a purifier is put in
-front of. SGD with Nesterov momentum and a cosine learning-rate schedule.
+The baselines every defence is measured against, and the classifier a purifier is put in
+front of. SGD with Nesterov momentum and a one-cycle learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from purifier.models import CLASSIFIERS, build
 from training.common import (
     TrainConfig, accuracy, channel_stats, checkpoint_dir_for, fingerprint, load_split, metric, publish, seed_everything, training_record,
 )
+from training.adversarial import adversarial_batch
 from training.loop import TrainState, batches, progress, run_epochs
 
 
@@ -24,6 +25,9 @@ from training.loop import TrainState, batches, progress, run_epochs
 class ClassifierConfig(TrainConfig):
     dataset: str = "fashion-mnist"
     weight_decay: float = 5e-4
+    method: str = "standard"
+    eps: float = 0.1
+    attack_steps: int = 10
 
 
 def train_classifier(config: ClassifierConfig) -> Bundle:
@@ -42,11 +46,13 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
     state = TrainState({"classifier": model}, {"classifier": optimizer}, {"classifier": scheduler})
 
     def train_epoch(epoch: int) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         total_loss, correct, seen = 0.0, 0, 0
         count = -(-len(labels) // config.batch_size)
         bar = progress(batches(len(labels), config.batch_size, config.seed, epoch), count, f"classifier epoch {epoch + 1}/{config.epochs}")
         for index in bar:
-            logits = model(images[index])
+            inputs = adversarial_batch(model, images[index], labels[index], config.method, config.eps, config.attack_steps, generator)
+            logits = model(inputs)
             loss = F.cross_entropy(logits, labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -63,7 +69,9 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
     manifest = {
         "name": config.name or Path(config.out).name,
         "dataset": {"name": data.name, "input_shape": list(data.input_shape), "class_names": list(data.class_names)},
-        "classifier": {"architecture": "resnet_small", "config": model_config, "method": "standard"},
+        "classifier": {"architecture": "resnet_small", "config": model_config, "method": config.method, **(
+            {"eps": config.eps, "attack_steps": config.attack_steps if config.method == "pgd" else 1} if config.method != "standard" else {}
+        )},
         "purifier": None,
         "training": [training_record("classifier", config, state)],
         "metrics": {"clean_accuracy_classifier": metric(accuracy(model, test_images, test_labels), split="test", images=len(test))},

@@ -1,0 +1,37 @@
+"""Adversarial training of classifiers: the robust baselines every defence is compared with.
+
+PGD-AT (Madry et al., ICLR 2018):
+    min_θ E_(x,y) max_{‖δ‖∞ ≤ ε} CE(f_θ(x + δ), y),  the inner max by PGD with random start.
+FGSM-RS, "fast" adversarial training (Wong, Rice & Kolter, ICLR 2020):
+    the inner max by one FGSM step of size α = 1.25·ε from a uniform random start in the ε-ball.
+
+Adversarial examples are crafted with the model in eval mode (batch-norm statistics are not
+updated by the attack's forward passes) and the model is trained on them alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from training.attacks import pgd
+
+METHODS = ("standard", "pgd", "fgsm_rs")
+
+
+def adversarial_batch(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, method: str, eps: float, steps: int, generator: torch.Generator,
+) -> torch.Tensor:
+    """The training inputs for ``method``: the clean batch, or its PGD / FGSM-RS adversarial version."""
+    if method == "standard":
+        return images
+    was_training = model.training
+    model.eval()
+    if method == "pgd":
+        adversarial = pgd(model, images, labels, eps, steps=steps, generator=generator, keep_best=False)
+    elif method == "fgsm_rs":
+        adversarial = pgd(model, images, labels, eps, steps=1, step_size=1.25 * eps, generator=generator, keep_best=False)
+    else:
+        raise ValueError(f"unknown training method {method!r}; use one of {', '.join(METHODS)}")
+    model.train(was_training)
+    return adversarial
