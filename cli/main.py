@@ -22,6 +22,14 @@ def _widths(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(","))
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(part) for part in text.split(","))
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return () if text == "none" else tuple(text.split(","))
+
+
 def _add_common_training(parser: argparse.ArgumentParser) -> None:
     """Options every trainer takes. Unset options are absent, so the config's defaults apply."""
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
@@ -53,6 +61,21 @@ def _export(args: argparse.Namespace) -> None:
     from export.onnx import export_bundle
 
     export_bundle(args.bundle, tolerance=args.tolerance, seed=args.seed)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from training.evaluate import EvaluationConfig, evaluate
+    from training.report import write_report
+
+    names = {field.name for field in dataclasses.fields(EvaluationConfig)}
+    options = {key: value for key, value in vars(args).items() if key in names and key != "quick"}
+    config = EvaluationConfig.quick_run(**options) if args.quick else EvaluationConfig(**options)
+    report = write_report(evaluate(args.bundle, args.out, config, data_dir=args.data_dir), args.out, record=args.record)
+    head = report["headline"]
+    print(f"{report['bundle']} ({head['model']}): clean {head['clean']:.2%}, L∞ 0.1 worst case {head['linf_0.1_worst_case']:.2%}, "
+          f"L2 1.5 worst case {head['l2_1.5_worst_case']:.2%}, corruptions {head['corruption_mean']:.2%}"
+          + ("" if report["protocol"]["conformant"] else "  [not protocol-conformant]"))
+    print(f"wrote {args.out / 'report.md'}, report.json and plots" + (f"; recorded in {args.bundle / 'bundle.json'}" if args.record else ""))
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -106,6 +129,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed between ONNX Runtime and PyTorch")
     export.add_argument("--seed", type=int, default=0)
     export.set_defaults(func=_export)
+
+    evaluate = commands.add_parser("evaluate", help="robustness evaluation under the protocol of DESIGN.md", argument_default=argparse.SUPPRESS)
+    evaluate.add_argument("bundle", type=Path)
+    evaluate.add_argument("--out", type=Path, required=True, help="report directory (partial results are saved there; rerun to resume)")
+    evaluate.add_argument("--data-dir", type=Path, default=None)
+    evaluate.add_argument("--quick", action="store_true", default=False, help="smoke-test sizes (minutes); the report marks them non-conformant")
+    evaluate.add_argument("--images", type=int, help="robust-accuracy images, the first N of the test set (default 500)")
+    evaluate.add_argument("--clean-images", type=int, help="clean-accuracy images (default: all)")
+    evaluate.add_argument("--corruption-images", type=int, help="corruption images (default 1000)")
+    evaluate.add_argument("--linf-eps", type=_floats, help="L∞ radii, e.g. 0.02,0.05,0.1 (0.1 is the headline)")
+    evaluate.add_argument("--l2-eps", type=_floats, help="L2 radii, e.g. 0.5,1.0,1.5 (1.5 is the headline)")
+    evaluate.add_argument("--steps", type=int, help="PGD steps at the headline radii (default 100)")
+    evaluate.add_argument("--eot", type=int, help="EOT samples for stochastic models at the headline radii (default 20)")
+    evaluate.add_argument("--autoattack", type=_names, help="threats AutoAttack runs on: linf (default), linf,l2 or none")
+    evaluate.add_argument("--no-bpda", dest="bpda", action="store_false", help="skip the BPDA check")
+    evaluate.add_argument("--record", action="store_true", default=False, help="write the headline figures into the bundle's bundle.json")
+    evaluate.set_defaults(func=_evaluate)
 
     serve = commands.add_parser("serve", help="serve a bundle with TorchServe on 127.0.0.1")
     serve.add_argument("bundle", type=Path, nargs="?", help="bundle directory (default: the bundled Fashion-MNIST model)")

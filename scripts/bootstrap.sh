@@ -27,6 +27,7 @@ if [ ! -e "$stamp" ]; then
   echo "installing Python packages into .venv" >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps torchattacks==3.5.1 >&2
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 

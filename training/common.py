@@ -60,6 +60,12 @@ def checkpoint_dir_for(out: Path) -> Path:
     return out.parent / f".{out.name}.checkpoint"
 
 
+def dataset_kind(bundle: Bundle) -> str:
+    """The load_dataset name for a bundle's data ('folder' for bundles trained on an ImageFolder)."""
+    name = bundle.manifest["dataset"]["name"]
+    return "folder" if name.startswith("folder:") else name
+
+
 def load_split(dataset: str, data_dir: Path | None, split: str, limit: int | None = None) -> tuple[ImageDataset, torch.Tensor, torch.Tensor]:
     data = load_dataset(dataset, split, data_dir).head(limit)
     images, labels = data.tensors()

@@ -22,7 +22,7 @@ from purifier.models import PURIFIERS, build
 from purifier.pipeline import Pipeline
 from purifier.transforms import RandomTransform
 from training.common import (
-    TrainConfig, accuracy, checkpoint_dir_for, fingerprint, load_split, metric, publish, seed_everything, training_record,
+    TrainConfig, accuracy, checkpoint_dir_for, dataset_kind, fingerprint, load_split, metric, publish, seed_everything, training_record,
 )
 from training.loop import TrainState, batches, progress, run_epochs
 
@@ -42,9 +42,7 @@ def train_reconstruction(config: ReconstructionConfig) -> Bundle:
     """Train a U-Net purifier on ``config.classifier``'s data set; write classifier + purifier as a bundle."""
     seed_everything(config.seed)
     base = load_bundle(config.classifier)
-    dataset = base.manifest["dataset"]["name"]
-    dataset_kind = "folder" if dataset.startswith("folder:") else dataset
-    data, images, _ = load_split(dataset_kind, config.data_dir, "train", config.limit)
+    data, images, _ = load_split(dataset_kind(base), config.data_dir, "train", config.limit)
     if tuple(data.input_shape) != base.input_shape:
         raise DataError(f"data images are {data.input_shape} but classifier bundle {config.classifier} expects {base.input_shape}; use the classifier's data")
     transform = RandomTransform(config.transform, config.block_size, config.missing_rate, config.noise_std)
@@ -75,7 +73,7 @@ def train_reconstruction(config: ReconstructionConfig) -> Bundle:
 
     run_epochs(state, config.epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart)
     classifier = base.classifier()
-    test, test_images, test_labels = load_split(dataset_kind, config.data_dir, "test")
+    test, test_images, test_labels = load_split(dataset_kind(base), config.data_dir, "test")
     pipeline = Pipeline(classifier, purifier, transform, seed=0)
     protocol = {"split": "test", "images": len(test)}
     manifest = {

@@ -1,6 +1,7 @@
 """Attacks on any model that maps float NCHW images in [0, 1] to logits (classifiers and
 whole Pipelines alike): gradients flow through everything the model does."""
 
+from training.attacks.bpda import BPDA
 from training.attacks.pgd import fgsm, pgd
 
-__all__ = ["fgsm", "pgd"]
+__all__ = ["BPDA", "fgsm", "pgd"]

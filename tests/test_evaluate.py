@@ -1,0 +1,59 @@
+"""`purifier evaluate` at smoke sizes: the report's files and invariants, resume, recording."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+from purifier.errors import PurifierError
+from training.evaluate import EvaluationConfig, evaluate
+from training.report import write_report
+
+TINY = dict(images=8, clean_images=200, corruption_images=40, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluation")
+    write_report(evaluate(DEFAULT_BUNDLE, out, EvaluationConfig.quick_run(**TINY)), out)
+    return out
+
+
+def test_report_files_and_invariants(report_dir):
+    assert {p.name for p in report_dir.iterdir()} >= {"report.json", "report.md", "accuracy_vs_eps.png", "corruptions.png", "examples.png", "partial.json"}
+    report = json.loads((report_dir / "report.json").read_text())
+    assert set(report["robust"]) == {"classifier", "pipeline"} and report["protocol"]["conformant"] is False
+    assert report["protocol"]["packages"]["pyautoattack"] == "0.2.0"
+    for model, norms in report["robust"].items():
+        for radii in norms.values():
+            for attacks in radii.values():
+                assert attacks["worst_case"] <= min(v for k, v in attacks.items() if k != "worst_case")
+    assert set(report["robust"]["pipeline"]["linf"]["0.1"]) == {"pgd", "bpda", "autoattack", "worst_case"}
+    assert report["robust"]["classifier"]["linf"]["0.1"]["worst_case"] <= 0.125  # undefended: near 0
+    assert len(report["corruptions"]["pipeline"]["per_type"]) == 10
+    assert "Not protocol-conformant" in (report_dir / "report.md").read_text()
+
+
+def test_rerun_resumes_without_redoing_work(report_dir):
+    before = json.loads((report_dir / "partial.json").read_text())
+    evaluation = evaluate(DEFAULT_BUNDLE, report_dir, EvaluationConfig.quick_run(**TINY))
+    for key, value in before["results"].items():
+        if isinstance(value, dict) and "correct" in value:
+            assert evaluation.results[key] == value  # nothing recomputed
+
+
+def test_partial_results_of_other_options_are_refused(report_dir):
+    with pytest.raises(PurifierError, match="other options"):
+        evaluate(DEFAULT_BUNDLE, report_dir, EvaluationConfig.quick_run(**{**TINY, "images": 16}))
+
+
+def test_record_writes_headline_into_a_verified_bundle(report_dir, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, copy)
+    write_report(evaluate(copy, tmp_path / "out", EvaluationConfig.quick_run(**TINY)), tmp_path / "out", record=True)
+    robustness = load_bundle(copy).manifest["metrics"]["robustness"]
+    assert set(robustness) >= {"clean", "linf_0.1_worst_case", "l2_1.5_worst_case", "corruption_mean", "protocol"}
+    assert robustness["protocol"]["robust_images"] == 8
