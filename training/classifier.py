@@ -66,12 +66,13 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
 
     run_epochs(state, config.epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart)
     test, test_images, test_labels = load_split(config.dataset, config.data_dir, "test")
+    classifier_entry = {"architecture": "resnet_small", "config": model_config, "method": config.method}
+    if config.method != "standard":
+        classifier_entry.update(eps=config.eps, attack_steps=config.attack_steps if config.method == "pgd" else 1)
     manifest = {
         "name": config.name or Path(config.out).name,
         "dataset": {"name": data.name, "input_shape": list(data.input_shape), "class_names": list(data.class_names)},
-        "classifier": {"architecture": "resnet_small", "config": model_config, "method": config.method, **(
-            {"eps": config.eps, "attack_steps": config.attack_steps if config.method == "pgd" else 1} if config.method != "standard" else {}
-        )},
+        "classifier": classifier_entry,
         "purifier": None,
         "training": [training_record("classifier", config, state)],
         "metrics": {"clean_accuracy_classifier": metric(accuracy(model, test_images, test_labels), split="test", images=len(test))},
