@@ -80,10 +80,10 @@ def _models(bundle: Bundle, seed: int) -> dict[str, nn.Module]:
     return models
 
 
-def plan(config: EvaluationConfig, stochastic: dict[str, bool]) -> list[Unit]:
+def plan(config: EvaluationConfig, models: list[str]) -> list[Unit]:
     """Every attack unit the protocol asks for, per model."""
     units = []
-    for model, is_stochastic in stochastic.items():
+    for model in models:
         for norm, radii in (("linf", config.linf_eps), ("l2", config.l2_eps)):
             for eps in radii:
                 units.append(Unit(model, "pgd", norm, eps))
@@ -180,7 +180,7 @@ def evaluate(bundle_path: Path, out: Path, config: EvaluationConfig, data_dir: P
         partial.save()
 
     images, labels = all_images[: config.images], all_labels[: config.images]
-    units = plan(config, stochastic)
+    units = plan(config, list(models))
     for unit in units:
         record = results.setdefault(unit.key, {"correct": [], "seconds": 0.0})
         todo = list(range(len(record["correct"]), len(labels), config.batch_size))
