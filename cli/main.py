@@ -16,6 +16,7 @@ from purifier.data import DATASETS
 from purifier.errors import PurifierError
 from purifier.transforms import KINDS
 from training.adversarial import METHODS
+from training.atop import ATTACKS, LAMBDA_SCHEDULES
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -44,14 +45,31 @@ def _add_common_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart", action="store_true", help="discard an existing checkpoint instead of resuming")
 
 
+def _add_purifier_training(parser: argparse.ArgumentParser) -> None:
+    """Options of purifier training: the classifier behind it, the random transform and the GAN loss."""
+    parser.add_argument("--classifier", type=Path, required=True, help="bundle with the classifier to put the purifier in front of")
+    parser.add_argument("--transform", choices=KINDS, help="random transform: mask (RT1), noise_mask (RT2, default) or noise_multimask (RT3)")
+    parser.add_argument("--block-size", type=int, help="mask block size in pixels (default 4)")
+    parser.add_argument("--missing-rate", type=float, help="fraction of blocks each mask drops (default 0.25)")
+    parser.add_argument("--noise-std", type=float, help="σ of the Gaussian noise of RT2/RT3 (default 0.1)")
+    parser.add_argument("--masks", type=int, help="RT3: number of non-overlapping masks N (masks × missing rate ≤ 1)")
+    parser.add_argument("--gan-weight", type=float, help="weight w of the hinge GAN term beside L1 (default 0.01; 0: L1 only)")
+
+
 def _train(args: argparse.Namespace) -> None:
     """Build the trainer's config from the options given on the command line, then train."""
     if args.trainer == "classifier":
         from training.classifier import ClassifierConfig as Config, train_classifier as train
     else:
-        from training.reconstruction import ReconstructionConfig as Config, train_reconstruction as train
+        from training.atop import AtopConfig as Config, train_atop as train
+    if args.trainer == "purifier":  # AToP's pre-training stage alone
+        args.pretrain_epochs, args.epochs = getattr(args, "epochs", 5), 0
     names = {field.name for field in dataclasses.fields(Config)}
-    bundle = train(Config(**{key: value for key, value in vars(args).items() if key in names}))
+    try:
+        config = Config(**{key: value for key, value in vars(args).items() if key in names})
+    except ValueError as error:
+        raise PurifierError(str(error)) from None
+    bundle = train(config)
     for name, entry in bundle.manifest["metrics"].items():
         print(f"{name}: {entry['value']:.4f} ({entry['protocol']})")
     print(f"wrote bundle {bundle.path}")
@@ -114,14 +132,24 @@ def build_parser() -> argparse.ArgumentParser:
     classifier.add_argument("--eps", type=float, help="L∞ radius of adversarial training (default 0.1)")
     classifier.add_argument("--attack-steps", type=int, help="PGD steps per batch in PGD-AT (default 10)")
     purifier = trainers.add_parser(
-        "purifier", help="purifier pre-training: reconstruct clean images from randomly masked/noised ones", argument_default=argparse.SUPPRESS,
+        "purifier", help="AToP pre-training alone: a GAN purifier that restores clean images from randomly transformed ones", argument_default=argparse.SUPPRESS,
     )
     _add_common_training(purifier)
-    purifier.add_argument("--classifier", type=Path, required=True, help="bundle with the classifier to put the purifier in front of")
-    purifier.add_argument("--transform", choices=KINDS, help="random transform: mask (RT1) or noise_mask (RT2, default)")
-    purifier.add_argument("--block-size", type=int)
-    purifier.add_argument("--missing-rate", type=float)
-    purifier.add_argument("--noise-std", type=float)
+    _add_purifier_training(purifier)
+    atop = trainers.add_parser(
+        "atop", help="AToP: purifier pre-training, then fine-tuning on adversarial examples crafted against the whole pipeline",
+        argument_default=argparse.SUPPRESS,
+    )
+    _add_common_training(atop)
+    _add_purifier_training(atop)
+    atop.add_argument("--purifier", type=Path, help="start from this bundle's pre-trained purifier (then --pretrain-epochs defaults to 0)")
+    atop.add_argument("--pretrain-epochs", type=int, help="pre-training epochs before fine-tuning (default 5, or 0 with --purifier); --epochs counts fine-tuning epochs")
+    atop.add_argument("--finetune-lr", type=float, help="peak learning rate of fine-tuning (default 5e-4)")
+    atop.add_argument("--attack", choices=ATTACKS, help="how x' is crafted against the pipeline: fgsm_rs (default) or pgd")
+    atop.add_argument("--eps", type=float, help="L∞ radius of x' (default 0.1)")
+    atop.add_argument("--attack-steps", type=int, help="PGD steps when --attack pgd (default 5)")
+    atop.add_argument("--lam", type=float, help="λ, weight of the classification loss (default 1.0)")
+    atop.add_argument("--lam-schedule", choices=LAMBDA_SCHEDULES, help="constant (default) or linear ramp over the fine-tuning epochs")
     train.set_defaults(func=_train)
 
     export = commands.add_parser("export", help="export a bundle to ONNX and check parity with PyTorch")

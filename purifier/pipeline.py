@@ -42,7 +42,7 @@ class Pipeline(nn.Module):
         """g(t(x)) for given mask and noise; the identity when there is no purifier."""
         if self.purifier is None:
             return image
-        return self.purifier(RandomTransform.apply(image, mask, noise), mask)
+        return RandomTransform.purify(self.purifier, image, mask, noise)
 
     def purify(self, image: torch.Tensor) -> torch.Tensor:
         """g(t(x)) with freshly sampled randomness."""

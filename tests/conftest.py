@@ -27,10 +27,10 @@ def fmnist_test():
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
-    """Classifier + reconstruction purifier trained for one epoch on 1,000 real images."""
+    """Classifier + purifier pre-trained (L_gan+rec) for one epoch on 1,000 real images."""
     from training.classifier import ClassifierConfig, train_classifier
-    from training.reconstruction import ReconstructionConfig, train_reconstruction
+    from training.atop import AtopConfig, train_atop
 
     root = tmp_path_factory.mktemp("bundles")
     train_classifier(ClassifierConfig(out=root / "tiny-clf", epochs=1, limit=1000, command="test"))
-    return train_reconstruction(ReconstructionConfig(out=root / "tiny", classifier=root / "tiny-clf", epochs=1, limit=1000, command="test"))
+    return train_atop(AtopConfig(out=root / "tiny", classifier=root / "tiny-clf", pretrain_epochs=1, epochs=0, limit=1000, command="test"))

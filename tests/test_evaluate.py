@@ -37,6 +37,19 @@ def test_report_files_and_invariants(report_dir):
     assert "Not protocol-conformant" in (report_dir / "report.md").read_text()
 
 
+def test_later_attacks_only_spend_compute_on_unbroken_images(report_dir):
+    results = json.loads((report_dir / "partial.json").read_text())["results"]
+    for norm, eps in (("linf", "0.1"), ("l2", "1.5")):
+        pgd, bpda = results[f"pipeline|pgd|{norm}|{eps}"], results[f"pipeline|bpda|{norm}|{eps}"]
+        survivors = pgd["correct"]
+        if norm == "linf":
+            autoattack = results[f"pipeline|autoattack|{norm}|{eps}"]
+            assert autoattack["attacked"] == sum(survivors)
+            survivors = [a and b for a, b in zip(survivors, autoattack["correct"])]
+        assert pgd["attacked"] == len(pgd["correct"]) and bpda["attacked"] == sum(survivors)
+        assert not any(b and not s for b, s in zip(bpda["correct"], survivors))  # a broken image stays broken
+
+
 def test_rerun_resumes_without_redoing_work(report_dir):
     before = json.loads((report_dir / "partial.json").read_text())
     evaluation = evaluate(DEFAULT_BUNDLE, report_dir, EvaluationConfig.quick_run(**TINY))
@@ -57,3 +70,14 @@ def test_record_writes_headline_into_a_verified_bundle(report_dir, tmp_path):
     robustness = load_bundle(copy).manifest["metrics"]["robustness"]
     assert set(robustness) >= {"clean", "linf_0.1_worst_case", "l2_1.5_worst_case", "corruption_mean", "protocol"}
     assert robustness["protocol"]["robust_images"] == 8
+
+
+def test_results_table_is_made_from_the_report(report_dir):
+    from training.results_table import markdown, row
+
+    entry = row(report_dir)
+    report = json.loads((report_dir / "report.json").read_text())
+    assert entry["clean"] == report["headline"]["clean"] and entry["linf"] == report["headline"]["linf_0.1_worst_case"]
+    assert entry["inference_ms"] > 0 and entry["training_min"] > 0
+    table = markdown([entry])
+    assert "(not conformant)" in table and f"{entry['clean']:.2%}" in table

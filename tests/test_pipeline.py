@@ -40,6 +40,38 @@ def test_apply_masks_noisy_image():
     assert torch.equal(out, mask * 1.0)  # 0.5 + 0.7 clipped to 1, then masked
 
 
+def test_rt3_masks_partition_the_dropped_blocks():
+    transform = RandomTransform("noise_multimask", block_size=4, missing_rate=0.25, noise_std=0.1, masks=4)
+    mask, noise = transform.sample(200, (1, 28, 28), np.random.default_rng(0))
+    assert mask.shape == (200, 4, 28, 28) and noise.shape == (200, 1, 28, 28)
+    dropped = 1 - mask
+    assert (dropped.sum(axis=1) == 1).all()  # N · rate = 1: every pixel is inpainted by exactly one view
+    assert np.allclose(dropped.mean(axis=(0, 2, 3)), 0.25, atol=0.02)  # each view drops its share
+
+
+def test_rt3_takes_each_pixel_from_the_view_that_inpainted_it():
+    class Marker(torch.nn.Module):
+        """g(x, m) = 1 − m: a 'purifier' that marks the pixels it had to fill in."""
+
+        def forward(self, image, mask):
+            return (1 - mask).expand_as(image)
+
+    transform = RandomTransform("noise_multimask", block_size=2, missing_rate=0.25, noise_std=0.0, masks=2)
+    mask, noise = (torch.from_numpy(a) for a in transform.sample(8, (1, 8, 8), np.random.default_rng(1)))
+    combined = RandomTransform.purify(Marker(), torch.rand(8, 1, 8, 8), mask, noise)
+    dropped_somewhere = (1 - mask).sum(1, keepdim=True)
+    assert 0 < float(dropped_somewhere.mean()) < 1  # half the blocks are never dropped (2 · 0.25 < 1)
+    # Inpainted pixels come from the view that dropped them (value 1); the others average views that kept them (0).
+    assert torch.equal(combined, dropped_somewhere)
+
+
+def test_rt3_rejects_overlapping_settings():
+    with pytest.raises(ValueError, match="RT3"):
+        RandomTransform("noise_multimask", missing_rate=0.5, masks=3)
+    with pytest.raises(ValueError, match="RT3"):
+        RandomTransform("noise_mask", masks=2)
+
+
 def test_identity_transform_samples_nothing():
     mask, noise = RandomTransform().sample(3, (1, 8, 8), np.random.default_rng(0))
     assert (mask == 1).all() and (noise == 0).all()

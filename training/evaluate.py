@@ -3,8 +3,12 @@ accuracy (full-gradient PGD with EOT, BPDA, AutoAttack) and corruption accuracy,
 classifier beside the full pipeline, so a purifier's gain or loss is visible.
 
 Robust accuracy counts an image as correct only if it is classified correctly under every
-attack run at that threat (per-image worst case). A stochastic pipeline's prediction on an
-(adversarial) image is one draw of its randomness from a fixed seed, as the served model makes.
+attack run at that threat (per-image worst case). The attacks at one threat run as a cascade,
+PGD first, then AutoAttack, then BPDA, each on the images all earlier ones failed to break (as
+AutoAttack does with its own components): an image already broken stays broken, so the worst
+case is the same and no compute goes to images that are already lost. A stochastic pipeline's
+prediction on an (adversarial) image is one draw of its randomness from a fixed seed, as the
+served model makes.
 
 Work is split into units (model, attack, norm, ε) done batch by batch; every finished batch is
 saved to DIR/partial.json, and rerunning the same command continues from there.
@@ -89,10 +93,10 @@ def plan(config: EvaluationConfig, models: list[str]) -> list[Unit]:
                 units.append(Unit(model, "pgd", norm, eps))
                 if eps != HEADLINE[norm]:
                     continue
-                if config.bpda and model == "pipeline":
-                    units.append(Unit(model, "bpda", norm, eps))
                 if norm in config.autoattack:
                     units.append(Unit(model, "autoattack", norm, eps))
+                if config.bpda and model == "pipeline":
+                    units.append(Unit(model, "bpda", norm, eps))
     return units
 
 
@@ -181,15 +185,21 @@ def evaluate(bundle_path: Path, out: Path, config: EvaluationConfig, data_dir: P
 
     images, labels = all_images[: config.images], all_labels[: config.images]
     units = plan(config, list(models))
-    for unit in units:
-        record = results.setdefault(unit.key, {"correct": [], "seconds": 0.0})
+    for position, unit in enumerate(units):
+        record = results.setdefault(unit.key, {"correct": [], "attacked": 0, "seconds": 0.0})
+        earlier = [results[u.key]["correct"] for u in units[:position] if (u.model, u.norm, u.eps) == (unit.model, unit.norm, unit.eps)]
         todo = list(range(len(record["correct"]), len(labels), config.batch_size))
         for start in [] if not todo else progress(todo, len(todo), f"{unit.model} {unit.attack} {unit.norm} eps={unit.eps:g}"):
             began = time.perf_counter()
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + start)
             x, y = images[start:start + config.batch_size], labels[start:start + config.batch_size]
-            adversarial = _attack(models[unit.model], x, y, unit, config, stochastic[unit.model], generator)
-            record["correct"] += (_predict(models[unit.model], adversarial, config.seed) == y).tolist()
+            alive = torch.tensor([all(outcome[i] for outcome in earlier) for i in range(start, start + len(y))], dtype=torch.bool)
+            correct = torch.zeros(len(y), dtype=torch.bool)
+            if alive.any():
+                adversarial = _attack(models[unit.model], x[alive], y[alive], unit, config, stochastic[unit.model], generator)
+                correct[alive] = _predict(models[unit.model], adversarial, config.seed) == y[alive]
+            record["correct"] += correct.tolist()
+            record["attacked"] += int(alive.sum())
             record["seconds"] += time.perf_counter() - began
             partial.save()
 

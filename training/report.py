@@ -26,14 +26,16 @@ PACKAGES = ("torch", "onnxruntime", "pyautoattack", "numpy", "pillow")
 
 
 def robust_table(evaluation: Evaluation) -> dict:
-    """model -> norm -> eps -> {attack: accuracy, ..., 'worst_case': accuracy}."""
+    """model -> norm -> eps -> {attack: accuracy after the cascade up to this attack, ..., 'worst_case': accuracy}."""
     table: dict = {}
-    grouped: dict = {}
+    surviving: dict = {}
     for unit in evaluation.units:
-        grouped.setdefault((unit.model, unit.norm, unit.eps), []).append(np.array(evaluation.results[unit.key]["correct"], dtype=bool))
-        table.setdefault(unit.model, {}).setdefault(unit.norm, {}).setdefault(f"{unit.eps:g}", {})[unit.attack] = float(grouped[(unit.model, unit.norm, unit.eps)][-1].mean())
-    for (model, norm, eps), outcomes in grouped.items():
-        table[model][norm][f"{eps:g}"]["worst_case"] = float(np.logical_and.reduce(outcomes).mean())
+        threat = (unit.model, unit.norm, unit.eps)
+        outcome = np.array(evaluation.results[unit.key]["correct"], dtype=bool)
+        surviving[threat] = outcome & surviving.get(threat, True)
+        table.setdefault(unit.model, {}).setdefault(unit.norm, {}).setdefault(f"{unit.eps:g}", {})[unit.attack] = float(surviving[threat].mean())
+    for (model, norm, eps), outcome in surviving.items():
+        table[model][norm][f"{eps:g}"]["worst_case"] = float(outcome.mean())
     return table
 
 
@@ -87,7 +89,10 @@ def _markdown(evaluation: Evaluation, robust: dict, corruptions: dict, head: dic
         cells = [robust[model].get(norm, {}).get(f"{HEADLINE[norm]:g}", {}).get("worst_case") for norm in ("linf", "l2")]
         lines.append(f"| {model} | {results['clean'][model]:.2%} | " + " | ".join("—" if c is None else f"{c:.2%}" for c in cells)
                      + f" | {corruptions[model]['mean']:.2%} |")
-    lines += ["", "## Robust accuracy per attack", "", "| model | threat | ε | attack | accuracy |", "|---|---|---|---|---|"]
+    lines += ["", "## Robust accuracy after each attack", "",
+              "Attacks at one threat run in this order, each on the images no earlier attack broke, so each row is the accuracy "
+              "left after that attack and all above it; the last row of a threat is the per-image worst case.", "",
+              "| model | threat | ε | attack | accuracy |", "|---|---|---|---|---|"]
     for model, norms in robust.items():
         for norm, radii in norms.items():
             for eps, attacks in radii.items():
@@ -175,7 +180,7 @@ def write_report(evaluation: Evaluation, out: Path, record: bool = False) -> dic
     proto = protocol(evaluation)
     head = headline(evaluation, robust, corruptions)
     report = {
-        "bundle": evaluation.bundle.name, "headline": head, "clean": evaluation.results["clean"], "robust": robust,
+        "bundle": evaluation.bundle.name, "bundle_path": str(evaluation.bundle.path), "headline": head, "clean": evaluation.results["clean"], "robust": robust,
         "corruptions": {"images": evaluation.results["corruptions"]["images"], **corruptions},
         "per_image_worst_case_images": proto["robust_images"], "wall_time_s": round(evaluation.results["wall_time_s"], 1), "protocol": proto,
     }

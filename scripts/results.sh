@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every training run and evaluation behind docs/RESULTS.md, with the exact commands.
+#   scripts/results.sh                 all steps, in order
+#   scripts/results.sh STEP [STEP...]  only these steps (names below, e.g. atop-rt2 eval-atop-rt2)
+# Idempotent and resumable: a finished bundle or report is skipped, an interrupted training or
+# evaluation continues from its checkpoint / partial.json when the step is run again.
+# Wall times on 2 CPU cores: minutes for the classifiers, about an hour per AToP fine-tuning,
+# about two hours per pipeline evaluation (see docs/RESULTS.md). Needs scripts/bootstrap.sh first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PATH="$PWD/.venv/bin:$PATH"
+
+train() {  # train OUT TRAINER ARGS...: train (resuming) and export, unless OUT is finished
+  local out=$1; shift
+  [ -e "$out/bundle.json" ] || purifier train "$@" --out "$out"
+  [ -e "$out/onnx/pipeline.onnx" ] || purifier export "$out"
+}
+
+evaluate() {  # evaluate NAME: the full protocol on bundles/NAME into reports/NAME, recorded in the bundle
+  [ -e "reports/$1/report.json" ] || purifier evaluate "bundles/$1" --out "reports/$1" --record
+}
+
+declare -A STEPS=(
+  [standard]="train bundles/fmnist-standard classifier --epochs 15"
+  [pgd-at]="train bundles/fmnist-pgd-at classifier --method pgd --attack-steps 7 --eps 0.1 --epochs 15"
+  [fgsm-rs]="train bundles/fmnist-fgsm-rs classifier --method fgsm_rs --eps 0.1 --epochs 15"
+  [pretrained]="train bundles/fmnist-pretrained purifier --classifier bundles/fmnist-standard --epochs 10"
+  [atop-rt1]="train bundles/fmnist-atop-rt1 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform mask --epochs 5"
+  [atop-rt2]="train bundles/fmnist-atop-rt2 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_mask --epochs 5"
+  [atop-rt3]="train bundles/fmnist-atop-rt3 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_multimask --masks 2 --epochs 5"
+)
+ORDER=(standard pgd-at fgsm-rs pretrained atop-rt2 atop-rt1 atop-rt3)
+for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-default fmnist-pretrained fmnist-atop-rt2 fmnist-atop-rt1 fmnist-atop-rt3; do
+  STEPS[eval-${name#fmnist-}]="evaluate $name"
+  ORDER+=("eval-${name#fmnist-}")
+done
+
+for step in "${@:-${ORDER[@]}}"; do
+  [ -n "${STEPS[$step]:-}" ] || { echo "unknown step '$step'; steps: ${ORDER[*]}" >&2; exit 2; }
+  echo "== $step: ${STEPS[$step]}" >&2
+  ${STEPS[$step]}
+done

@@ -1,0 +1,59 @@
+"""`purifier train atop`: GAN pre-training, adversarial fine-tuning against the pipeline, RT3, export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cli.main import main
+from purifier.bundle import load_bundle
+from training.atop import AtopConfig, train_atop
+from training.gan import ReconstructionGAN
+
+
+def test_fine_tuning_starts_from_a_pretrained_purifier_and_keeps_its_record(tiny_bundle, tmp_path):
+    bundle = train_atop(AtopConfig(out=tmp_path / "atop", classifier=tiny_bundle.path, purifier=tiny_bundle.path, epochs=1,
+                                   attack="pgd", attack_steps=2, limit=256, command="test"))
+    manifest = bundle.manifest
+    assert manifest["purifier"]["method"] == "atop"
+    assert [record["stage"] for record in manifest["training"]] == ["classifier", "purifier", "atop"]
+    (epoch,) = manifest["training"][-1]["history"]  # --purifier: no pre-training epochs by default
+    assert epoch["lambda"] == 1.0 and {"l1", "gan_g", "gan_d", "ce", "adversarial_accuracy"} <= set(epoch)
+    before, after = tiny_bundle.purifier().state_dict(), bundle.purifier().state_dict()
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    assert not (tmp_path / ".atop.checkpoint").exists()
+
+
+def test_cli_trains_an_rt3_pipeline_that_exports_with_parity(tiny_bundle, tmp_path, capsys):
+    out = tmp_path / "rt3"
+    main(["train", "atop", "--classifier", str(tiny_bundle.path), "--pretrain-epochs", "1", "--epochs", "1", "--limit", "128",
+          "--transform", "noise_multimask", "--masks", "2", "--lam-schedule", "linear", "--out", str(out)])
+    main(["export", str(out)])
+    manifest = json.loads((out / "bundle.json").read_text())
+    assert manifest["purifier"]["random_transform"] == {"kind": "noise_multimask", "block_size": 4, "missing_rate": 0.25, "noise_std": 0.1, "masks": 2}
+    history = manifest["training"][-1]["history"]
+    assert [epoch["lambda"] for epoch in history] == [0.0, 1.0] and "ce" not in history[0]
+    assert manifest["exports"]["onnx"]["graphs"]["pipeline"]["max_abs_diff"] <= 1e-4
+    assert load_bundle(out).pipeline().is_stochastic
+
+
+def test_invalid_transform_settings_are_one_line_errors(tiny_bundle, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "atop", "--classifier", str(tiny_bundle.path), "--transform", "noise_multimask", "--masks", "5", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+    assert "masks * missing_rate <= 1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_hinge_discriminator_learns_to_separate_real_from_blurred():
+    """The GAN term can only help if D can tell purified-looking images from real ones."""
+    torch.manual_seed(0)
+    gan = ReconstructionGAN(in_channels=1, weight=0.01, lr=1e-3)
+    real = (torch.rand(64, 1, 28, 28) > 0.5).float()
+    fake = torch.nn.functional.avg_pool2d(real, 3, stride=1, padding=1)
+    first = gan.discriminator_step(fake, real)["gan_d"]
+    for _ in range(100):
+        last = gan.discriminator_step(fake, real)["gan_d"]
+    assert first > 1.5 and last < 0.5 * first

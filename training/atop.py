@@ -1,0 +1,179 @@
+"""Adversarial Training on Purification, AToP (Lin et al., ICLR 2024), in two stages.
+
+Pre-training: the purifier g learns to restore clean images from randomly transformed ones,
+
+    min_g E_x E_t L_gan+rec(x),   L_gan+rec(x_in) = ‖g(t(x_in)) − x‖₁ + w · (−E[D(g(t(x_in)))])
+
+(see gan.py). Fine-tuning adds the classification loss of the frozen classifier f on
+adversarial inputs:
+
+    min_g E_(x,y) E_t [ L_gan+rec(x') + λ · CE(y, f(g(t(x')))) ],
+    x' = argmax_{‖x' − x‖∞ ≤ ε} CE(y, f(g(t(x'))))     (FGSM-RS or PGD)
+
+x' is crafted against the *whole* pipeline RT → g → f with the current purifier, fresh
+randomness at each attack step, and re-crafted for every batch: not against f alone, the
+reference code's weakness. λ is constant or ramps linearly over the fine-tuning epochs.
+Both stages run in one resumable loop; ``--purifier BUNDLE`` starts from a pre-trained
+purifier instead (pre-training then defaults to 0 epochs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from purifier.bundle import Bundle, load_bundle
+from purifier.errors import DataError
+from purifier.models import PURIFIERS, build
+from purifier.pipeline import Pipeline
+from purifier.transforms import RandomTransform
+from training.adversarial import adversarial_batch
+from training.common import (
+    TrainConfig, accuracy, checkpoint_dir_for, dataset_kind, fingerprint, load_split, metric, publish, seed_everything, training_record,
+)
+from training.gan import ReconstructionGAN
+from training.loop import TrainState, batches, progress, run_epochs
+
+ATTACKS = ("fgsm_rs", "pgd")
+LAMBDA_SCHEDULES = ("constant", "linear")
+
+
+@dataclass(kw_only=True)
+class AtopConfig(TrainConfig):
+    classifier: Path
+    purifier: Path | None = None
+    pretrain_epochs: int | None = None
+    epochs: int = 5
+    lr: float = 2e-3
+    finetune_lr: float = 5e-4
+    transform: str = "noise_mask"
+    block_size: int = 4
+    missing_rate: float = 0.25
+    noise_std: float = 0.1
+    masks: int = 1
+    gan_weight: float = 0.01
+    attack: str = "fgsm_rs"
+    eps: float = 0.1
+    attack_steps: int = 5
+    lam: float = 1.0
+    lam_schedule: str = "constant"
+
+    def __post_init__(self) -> None:
+        if self.pretrain_epochs is None:
+            self.pretrain_epochs = 0 if self.purifier else 5
+        if self.attack not in ATTACKS or self.lam_schedule not in LAMBDA_SCHEDULES:
+            raise ValueError(f"attack must be one of {ATTACKS} and lam_schedule one of {LAMBDA_SCHEDULES}")
+        self.random_transform()  # validates the transform settings before any work starts
+
+    def random_transform(self) -> RandomTransform:
+        return RandomTransform(self.transform, self.block_size, self.missing_rate, self.noise_std, self.masks)
+
+    def lam_at(self, finetune_epoch: int) -> float:
+        """λ for a fine-tuning epoch (0-based)."""
+        return self.lam if self.lam_schedule == "constant" else self.lam * (finetune_epoch + 1) / self.epochs
+
+
+def _cosine(step: int, steps: int, peak: float, warmup: float = 0.05) -> float:
+    """Learning rate with a linear warm-up over the first ``warmup`` fraction, then cosine decay to 0."""
+    rise = max(1, int(steps * warmup))
+    if step < rise:
+        return peak * (step + 1) / rise
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - rise) / max(1, steps - rise))))
+
+
+def _initial_purifier(config: AtopConfig, channels: int):
+    """(purifier, architecture config, earlier training records): fresh, or from ``config.purifier``."""
+    if config.purifier is None:
+        model_config = {"in_channels": channels, "widths": list(config.widths)}
+        return build(PURIFIERS, "unet", model_config), model_config, []
+    pretrained = load_bundle(config.purifier)
+    if not pretrained.has_purifier:
+        raise DataError(f"{config.purifier} has no purifier; pass a bundle written by 'purifier train purifier' or 'purifier train atop'")
+    return pretrained.purifier(), pretrained.manifest["purifier"]["config"], _records(pretrained, "purifier")
+
+
+def _records(bundle: Bundle, role: str) -> list[dict]:
+    """The training records of a bundle's classifier, or of its purifier (every later stage)."""
+    return [record for record in bundle.manifest["training"] if (record["stage"] == "classifier") == (role == "classifier")]
+
+
+def train_atop(config: AtopConfig) -> Bundle:
+    """Pre-train and/or fine-tune a U-Net purifier for ``config.classifier``; write classifier + purifier as a bundle."""
+    seed_everything(config.seed)
+    base = load_bundle(config.classifier)
+    data, images, labels = load_split(dataset_kind(base), config.data_dir, "train", config.limit)
+    if tuple(data.input_shape) != base.input_shape:
+        raise DataError(f"data images are {data.input_shape} but classifier bundle {config.classifier} expects {base.input_shape}; use the classifier's data")
+    transform = config.random_transform()
+    purifier, model_config, earlier_records = _initial_purifier(config, data.input_shape[0])
+    classifier = base.classifier().requires_grad_(False)
+    pipeline = Pipeline(classifier, purifier, transform).eval()
+    gan = ReconstructionGAN(data.input_shape[0], config.gan_weight)
+
+    per_epoch = -(-len(labels) // config.batch_size)
+    pre_steps, fine_steps = config.pretrain_epochs * per_epoch, config.epochs * per_epoch
+    optimizer = torch.optim.Adam(purifier.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (
+        _cosine(step, pre_steps, config.lr) if step < pre_steps else _cosine(step - pre_steps, fine_steps, config.finetune_lr)))
+    state = TrainState({"purifier": purifier, **gan.modules}, {"purifier": optimizer, **gan.optimizers}, {"purifier": scheduler})
+    total_epochs = config.pretrain_epochs + config.epochs
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        finetuning = epoch >= config.pretrain_epochs
+        lam = config.lam_at(epoch - config.pretrain_epochs) if finetuning else 0.0
+        rng = np.random.default_rng([config.seed, epoch])
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        pipeline.reseed([config.seed, epoch, 1])
+        sums: dict[str, float] = defaultdict(float)
+        seen = 0
+        stage = f"atop fine-tune {epoch - config.pretrain_epochs + 1}/{config.epochs}" if finetuning else f"purifier pre-train {epoch + 1}/{config.pretrain_epochs}"
+        bar = progress(batches(len(labels), config.batch_size, config.seed, epoch), per_epoch, stage)
+        for index in bar:
+            clean, target = images[index], labels[index]
+            inputs = adversarial_batch(pipeline, clean, target, config.attack, config.eps, config.attack_steps, generator) if finetuning else clean
+            mask, noise = (torch.from_numpy(a) for a in transform.sample(len(index), data.input_shape, rng))
+            purifier.train()
+            purified = transform.purify(purifier, inputs, mask, noise)
+            loss, parts = gan.generator_loss(purified, clean)
+            if finetuning:
+                logits = classifier(purified)
+                cross_entropy = F.cross_entropy(logits, target)
+                loss = loss + lam * cross_entropy
+                parts.update(ce=cross_entropy.item(), adversarial_accuracy=float((logits.argmax(1) == target).float().mean()))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            parts.update(gan.discriminator_step(purified, clean))
+            purifier.eval()
+            for key, value in parts.items():
+                sums[key] += value * len(index)
+            seen += len(index)
+            bar.set_postfix({key: f"{value / seen:.4f}" for key, value in sums.items()}, refresh=False)
+        return {"lambda": lam, **{key: value / seen for key, value in sums.items()}}
+
+    run_epochs(state, total_epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart)
+    purifier.eval()
+    test, test_images, test_labels = load_split(dataset_kind(base), config.data_dir, "test")
+    protocol = {"split": "test", "images": len(test)}
+    method = "atop" if config.epochs > 0 else "reconstruction"
+    stage_name = "atop" if config.epochs > 0 else "purifier"
+    manifest = {
+        "name": config.name or Path(config.out).name,
+        "dataset": base.manifest["dataset"],
+        "classifier": base.manifest["classifier"],
+        "purifier": {"architecture": "unet", "config": model_config, "method": method, "random_transform": transform.to_dict()},
+        "training": _records(base, "classifier") + earlier_records + [training_record(stage_name, config, state)],
+        "metrics": {
+            "clean_accuracy_classifier": metric(accuracy(classifier, test_images, test_labels), **protocol),
+            "clean_accuracy_pipeline": metric(accuracy(Pipeline(classifier, purifier, transform, seed=0), test_images, test_labels),
+                                              **protocol, transform_seed=0),
+        },
+    }
+    return publish(config.out, manifest, {"classifier": classifier, "purifier": purifier})
