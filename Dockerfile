@@ -1,17 +1,21 @@
-# CPU image serving the bundled default model with TorchServe, as `purifier serve` does.
-#   docker build -t purifier .
-#   docker run --rm -p 127.0.0.1:8080:8080 purifier
+# Image serving the bundled default model with TorchServe, as `purifier serve` does.
+#   docker build -t purifier .                                  # CPU: torch's CPU wheel, onnxruntime
+#   docker build --build-arg VARIANT=gpu -t purifier:gpu .      # GPU: torch's CUDA wheel, onnxruntime-gpu
+#   docker run --rm -p 127.0.0.1:8080:8080 purifier             # GPU: docker run --gpus all ... purifier:gpu
 # Inside the container the inference port listens on 0.0.0.0 (the container's own network
 # namespace); publish it on the host's loopback as above. Management stays on 127.0.0.1.
 # The inference token is in /home/purifier/serve/key_file.json:
 #   docker exec CONTAINER python -c "import json;print(json.load(open('/home/purifier/serve/key_file.json'))['inference']['key'])"
-FROM python:3.11-slim-bookworm
+ARG VARIANT=cpu
 
+FROM python:3.11-slim-bookworm AS base
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Debian's security updates move the JRE's version; pinning it would break rebuilds.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 10001 purifier
-
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY purifier ./purifier
@@ -21,9 +25,25 @@ COPY serving ./serving
 COPY cli ./cli
 COPY bundles/fmnist-default ./bundles/fmnist-default
 COPY examples ./examples
-RUN pip install --no-cache-dir -e . && chown -R purifier /app
 
-USER purifier
+# CPU: torch from PyTorch's CPU index (PyPI's Linux wheel bundles CUDA, gigabytes).
+FROM base AS cpu
+RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+ && pip install --no-cache-dir -e . \
+ && chown -R purifier /app
+ENV PURIFIER_RUNTIME=onnxruntime
+
+# GPU: PyPI's CUDA build of torch, and onnxruntime-gpu in place of onnxruntime.
+FROM base AS gpu
+RUN pip install --no-cache-dir -e . \
+ && pip uninstall -y onnxruntime \
+ && pip install --no-cache-dir onnxruntime-gpu==1.31.1 \
+ && chown -R purifier /app
+ENV PURIFIER_RUNTIME=onnxruntime-cuda
+
+# hadolint ignore=DL3006
+FROM ${VARIANT}
+USER 10001
 ENV PURIFIER_SERVE_DIR=/home/purifier/serve
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s CMD ["purifier", "serve", "--status"]
 CMD ["purifier", "serve", "--foreground", "--host", "0.0.0.0"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from purifier.errors import PurifierError
 from purifier.transforms import KINDS
 from training.adversarial import METHODS
 from training.atop import ATTACKS, LAMBDA_SCHEDULES
+from training.jatp import EXAMPLES
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -60,6 +62,8 @@ def _train(args: argparse.Namespace) -> None:
     """Build the trainer's config from the options given on the command line, then train."""
     if args.trainer == "classifier":
         from training.classifier import ClassifierConfig as Config, train_classifier as train
+    elif args.trainer == "jatp":
+        from training.jatp import JatpConfig as Config, train_jatp as train
     else:
         from training.atop import AtopConfig as Config, train_atop as train
     if args.trainer == "purifier":  # AToP's pre-training stage alone
@@ -73,6 +77,13 @@ def _train(args: argparse.Namespace) -> None:
     for name, entry in bundle.manifest["metrics"].items():
         print(f"{name}: {entry['value']:.4f} ({entry['protocol']})")
     print(f"wrote bundle {bundle.path}")
+
+
+def _compose(args: argparse.Namespace) -> None:
+    from purifier.bundle import compose_bundle
+
+    bundle = compose_bundle(args.purifier, args.classifier, args.out, command=args.command)
+    print(f"wrote bundle {bundle.path}: the purifier of {args.purifier} in front of the classifier of {args.classifier}")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -106,7 +117,9 @@ def _serve(args: argparse.Namespace) -> None:
         server = torchserve.status()
         print(f"model '{server.model}' ready at {server.prediction_url()}")
         return
-    torchserve.serve(args.bundle, port=args.port, foreground=args.foreground, timeout_s=args.timeout, host=args.host, seed=args.seed)
+    batching = torchserve.Batching(args.batch_size, args.max_batch_delay)
+    torchserve.serve(args.bundle, port=args.port, foreground=args.foreground, timeout_s=args.timeout, host=args.host, seed=args.seed, batching=batching,
+                     runtime=args.runtime)
 
 
 def _purify(args: argparse.Namespace) -> None:
@@ -122,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="purifier", description="Adversarial purification: train, export, serve, purify.")
     commands = parser.add_subparsers(dest="command_name", required=True)
 
-    train = commands.add_parser("train", help="train a classifier or a purifier into a bundle")
+    train = commands.add_parser("train", help="train a classifier, an AToP purifier or a JATP pre-processor into a bundle")
     trainers = train.add_subparsers(dest="trainer", required=True)
     classifier = trainers.add_parser("classifier", help="standard classifier training", argument_default=argparse.SUPPRESS)
     _add_common_training(classifier)
@@ -150,7 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
     atop.add_argument("--attack-steps", type=int, help="PGD steps when --attack pgd (default 5)")
     atop.add_argument("--lam", type=float, help="λ, weight of the classification loss (default 1.0)")
     atop.add_argument("--lam-schedule", choices=LAMBDA_SCHEDULES, help="constant (default) or linear ramp over the fine-tuning epochs")
+    jatp = trainers.add_parser(
+        "jatp", help="JATP: a pre-processor trained on full adversarial examples against itself + the frozen classifier",
+        argument_default=argparse.SUPPRESS,
+    )
+    _add_common_training(jatp)
+    jatp.add_argument("--classifier", type=Path, required=True, help="bundle with the (frozen) classifier to train the pre-processor for")
+    jatp.add_argument("--examples", choices=EXAMPLES, help="full (default: crafted against pre-processor + classifier, every batch) or static (against the classifier alone: the naive baseline)")
+    jatp.add_argument("--eps", type=float, help="L∞ radius of the training examples (default 0.1)")
+    jatp.add_argument("--attack-steps", type=int, help="PGD steps per batch (default 5)")
+    jatp.add_argument("--feature-weight", type=float, help="β, weight of the feature-similarity adversarial risk (default 1.0; 0: pixel loss only)")
+    jatp.add_argument("--pixel-weight", type=float, help="α, weight of the pixel-wise L1 loss (default 1.0)")
     train.set_defaults(func=_train)
+
+    compose = commands.add_parser("compose", help="put one bundle's purifier in front of another bundle's classifier (no retraining)")
+    compose.add_argument("--purifier", type=Path, required=True, help="bundle whose purifier (and random transform) to use")
+    compose.add_argument("--classifier", type=Path, required=True, help="bundle whose classifier to use")
+    compose.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    compose.set_defaults(func=_compose)
 
     export = commands.add_parser("export", help="export a bundle to ONNX and check parity with PyTorch")
     export.add_argument("bundle", type=Path)
@@ -182,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--foreground", action="store_true", help="stay attached (containers)")
     serve.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the model to load")
     serve.add_argument("--seed", type=int, help="seed the random transform, for reproducible debugging only (default: OS entropy; a known seed lets an attacker predict the masks)")
+    serve.add_argument("--runtime", default=os.environ.get("PURIFIER_RUNTIME", "onnxruntime"),
+                       help="engine: onnxruntime (CPU, default; env PURIFIER_RUNTIME), onnxruntime-cuda (NVIDIA GPU, needs onnxruntime-gpu) or torch")
+    serve.add_argument("--batch-size", type=int, default=16, help="dynamic batching: most requests handled in one batch (default 16)")
+    serve.add_argument("--max-batch-delay", type=int, default=5, help="dynamic batching: most milliseconds a request waits for others (default 5)")
     serve.add_argument("--stop", action="store_true", help="stop the running server")
     serve.add_argument("--status", action="store_true", help="exit 0 if the served model is loaded and ready, else 2")
     serve.set_defaults(func=_serve)

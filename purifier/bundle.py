@@ -79,6 +79,10 @@ class Bundle:
     def file(self, relative: str) -> Path:
         return self.path / relative
 
+    def training_records(self, role: str) -> list[dict[str, Any]]:
+        """The training records of the classifier (role 'classifier') or of the purifier (every later stage)."""
+        return [record for record in self.manifest["training"] if (record["stage"] == "classifier") == (role == "classifier")]
+
 
 def _build_model(bundle: Bundle, role: str, registry: dict) -> nn.Module:
     entry = bundle.manifest[role]
@@ -160,3 +164,23 @@ def update_manifest(bundle: Bundle, changes: dict[str, Any], new_files: list[str
     manifest["files"] = dict(manifest["files"], **{name: sha256_file(bundle.path / name) for name in new_files})
     atomic_write_json(bundle.path / MANIFEST, manifest)
     return load_bundle(bundle.path)
+
+
+def compose_bundle(purifier_from: Path | str, classifier_from: Path | str, out: Path | str, command: str | None = None) -> Bundle:
+    """A new bundle: one bundle's purifier (with its random transform) in front of another's classifier, not retrained.
+
+    Both must share the data set's input shape and classes. Metrics are left for ``purifier evaluate``.
+    """
+    with_purifier, with_classifier = load_bundle(purifier_from), load_bundle(classifier_from)
+    if not with_purifier.has_purifier:
+        raise BundleError(f"{purifier_from} has no purifier; pass a bundle written by 'purifier train purifier|atop|jatp'")
+    if (with_purifier.input_shape, with_purifier.class_names) != (with_classifier.input_shape, with_classifier.class_names):
+        raise BundleError(f"{purifier_from} and {classifier_from} were trained on different data (input shape or classes differ)")
+    record = {"stage": "compose", "command": command, "arguments": {"purifier": str(purifier_from), "classifier": str(classifier_from)}, "wall_time_s": 0.0}
+    purifier_entry = {key: value for key, value in with_purifier.manifest["purifier"].items() if key != "weights"}
+    classifier_entry = {key: value for key, value in with_classifier.manifest["classifier"].items() if key != "weights"}
+    manifest = {
+        "name": Path(out).name, "dataset": with_classifier.manifest["dataset"], "classifier": classifier_entry, "purifier": purifier_entry,
+        "training": with_classifier.training_records("classifier") + with_purifier.training_records("purifier") + [record], "metrics": {},
+    }
+    return write_bundle(out, manifest, {"classifier": with_classifier.classifier(), "purifier": with_purifier.purifier()})

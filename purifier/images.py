@@ -13,6 +13,8 @@ from purifier.errors import ImageDecodeError
 MAX_IMAGE_PIXELS = 4096 * 4096
 """Decompression-bomb limit: larger images are refused before their pixels are decoded."""
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+MAX_IMAGE_SIDE = 16384
+MAX_ASPECT_RATIO = 32
 
 
 def _to_mode(image: Image.Image, channels: int) -> Image.Image:
@@ -30,6 +32,15 @@ def _to_mode(image: Image.Image, channels: int) -> Image.Image:
     return image.convert("L" if channels == 1 else "RGB")
 
 
+def _check_dimensions(width: int, height: int) -> None:
+    """Refuse sizes no photograph of an object has, before any pixel is decompressed."""
+    if width < 1 or height < 1 or max(width, height) > MAX_IMAGE_SIDE or max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageDecodeError(
+            f"absurd image dimensions {width}x{height} (sides up to {MAX_IMAGE_SIDE}, aspect ratio up to {MAX_ASPECT_RATIO}); send the photo itself",
+            "bad_dimensions",
+        )
+
+
 def decode_image(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     """Decode encoded image bytes into a uint8 (H, W, C) array of model ``shape`` = (C, H, W).
 
@@ -38,20 +49,21 @@ def decode_image(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     """
     channels, height, width = shape
     if not data:
-        raise ImageDecodeError("empty image: send the image file's bytes as the request body")
+        raise ImageDecodeError("empty image: send the image file's bytes as the request body", "empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as opened:
+                _check_dimensions(*opened.size)
                 opened.seek(0)  # first frame of animations
                 image = ImageOps.exif_transpose(opened)
                 image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageDecodeError(f"image exceeds the limit of {MAX_IMAGE_PIXELS} pixels; send a smaller image") from None
+        raise ImageDecodeError(f"image exceeds the limit of {MAX_IMAGE_PIXELS} pixels; send a smaller image", "too_many_pixels") from None
     except UnidentifiedImageError:
-        raise ImageDecodeError("not a decodable image: send PNG, JPEG, WebP, BMP, TIFF or GIF bytes") from None
+        raise ImageDecodeError("not a decodable image: send PNG, JPEG, WebP, BMP, TIFF or GIF bytes", "not_an_image") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageDecodeError(f"corrupt or truncated image ({error}); re-encode the file and send it again") from None
+        raise ImageDecodeError(f"corrupt or truncated image ({error}); re-encode the file and send it again", "corrupt") from None
     image = _to_mode(image, channels)
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BOX if image.width >= width else Image.Resampling.BILINEAR)

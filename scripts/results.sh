@@ -16,6 +16,12 @@ train() {  # train OUT TRAINER ARGS...: train (resuming) and export, unless OUT 
   [ -e "$out/onnx/pipeline.onnx" ] || purifier export "$out"
 }
 
+compose() {  # compose OUT ARGS...: a purifier in front of another classifier (no training), exported
+  local out=$1; shift
+  [ -e "$out/bundle.json" ] || purifier compose "$@" --out "$out"
+  [ -e "$out/onnx/pipeline.onnx" ] || purifier export "$out"
+}
+
 evaluate() {  # evaluate NAME: the full protocol on bundles/NAME into reports/NAME, recorded in the bundle
   [ -e "reports/$1/report.json" ] || purifier evaluate "bundles/$1" --out "reports/$1" --record
 }
@@ -28,9 +34,13 @@ declare -A STEPS=(
   [atop-rt1]="train bundles/fmnist-atop-rt1 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform mask --epochs 5"
   [atop-rt2]="train bundles/fmnist-atop-rt2 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_mask --epochs 5"
   [atop-rt3]="train bundles/fmnist-atop-rt3 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_multimask --masks 2 --epochs 5"
+  [jatp]="train bundles/fmnist-jatp jatp --classifier bundles/fmnist-standard --epochs 3"
+  [jatp-static]="train bundles/fmnist-jatp-static jatp --classifier bundles/fmnist-standard --examples static --feature-weight 0 --epochs 3"
+  [jatp-on-pgd-at]="compose bundles/fmnist-jatp-on-pgd-at --purifier bundles/fmnist-jatp --classifier bundles/fmnist-pgd-at"
 )
-ORDER=(standard pgd-at fgsm-rs pretrained atop-rt2 atop-rt1 atop-rt3)
-for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-default fmnist-pretrained fmnist-atop-rt2 fmnist-atop-rt1 fmnist-atop-rt3; do
+ORDER=(standard pgd-at fgsm-rs pretrained atop-rt2 atop-rt1 atop-rt3 jatp jatp-static jatp-on-pgd-at)
+for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-default fmnist-pretrained fmnist-atop-rt2 fmnist-atop-rt1 fmnist-atop-rt3 \
+    fmnist-jatp fmnist-jatp-static fmnist-jatp-on-pgd-at; do
   STEPS[eval-${name#fmnist-}]="evaluate $name"
   ORDER+=("eval-${name#fmnist-}")
 done

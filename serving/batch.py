@@ -75,8 +75,8 @@ def purify_folder(src: Path, dst: Path, bundle: Path | None = None, batch_size: 
                 records.append({"path": str(file.relative_to(src)), "error": str(error)})
                 print(f"skipped {file}: {error}", file=sys.stderr)
         if images:
-            predictions, purified = service.run(np.stack(images))
-            for (file, output), prediction, image in zip(kept, predictions, purified):
+            outcome = service.run(np.stack(images))
+            for (file, output), prediction, image in zip(kept, outcome.predictions, outcome.purified):
                 atomic_write_bytes(dst / output, encode_png(image))
                 records.append({"path": str(file.relative_to(src)), "output": str(output), **prediction.to_dict()})
                 summary.written += 1

@@ -17,21 +17,28 @@ from purifier.errors import PurifierError
 
 
 class Runtime(ABC):
-    """Runs f(g(t(x))) and f(x) on float32 NCHW batches; mask and noise come from the caller."""
+    """Runs g(t(x)), f(x) and the fused f(g(t(x))) on float32 NCHW batches; mask and noise come from the caller."""
 
     name: str
 
     @abstractmethod
-    def pipeline(self, image: np.ndarray, mask: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, purified) of the defended model."""
+    def purify(self, image: np.ndarray, mask: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """g(t(x)), the purified images (the images themselves for a bundle without purifier)."""
 
     @abstractmethod
     def classifier(self, image: np.ndarray) -> np.ndarray:
         """Logits of the bare classifier."""
 
+    @abstractmethod
+    def pipeline(self, image: np.ndarray, mask: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, purified) of the defended model in one call (one fused graph)."""
+
 
 class OnnxRuntime(Runtime):
+    """The exported graphs in ONNX Runtime, on the CPU or (``onnxruntime-cuda``) on an NVIDIA GPU."""
+
     name = "onnxruntime"
+    provider = "CPUExecutionProvider"
 
     def __init__(self, bundle: Bundle, threads: int = 0) -> None:
         import onnxruntime
@@ -39,14 +46,23 @@ class OnnxRuntime(Runtime):
         graphs = (bundle.manifest.get("exports") or {}).get("onnx", {}).get("graphs", {})
         if "pipeline" not in graphs or "classifier" not in graphs:
             raise PurifierError(f"bundle {bundle.path} has no ONNX export; run 'purifier export {bundle.path}' first")
+        if self.provider not in onnxruntime.get_available_providers():
+            raise PurifierError(f"runtime {self.name} needs ONNX Runtime's {self.provider}, which this installation lacks "
+                                f"(available: {', '.join(onnxruntime.get_available_providers())}); install onnxruntime-gpu or use --runtime onnxruntime")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
 
         def session(stage: str):
-            return onnxruntime.InferenceSession(str(bundle.file(graphs[stage]["file"])), options, providers=["CPUExecutionProvider"])
+            return onnxruntime.InferenceSession(str(bundle.file(graphs[stage]["file"])), options, providers=[self.provider])
 
         self._pipeline, self._classifier = session("pipeline"), session("classifier")
+        self._purifier = session("purifier") if "purifier" in graphs else None
+
+    def purify(self, image, mask, noise):
+        if self._purifier is None:
+            return image
+        return self._purifier.run(None, {"image": image, "mask": mask, "noise": noise})[0]
 
     def pipeline(self, image, mask, noise):
         logits, purified = self._pipeline.run(None, {"image": image, "mask": mask, "noise": noise})
@@ -54,6 +70,11 @@ class OnnxRuntime(Runtime):
 
     def classifier(self, image):
         return self._classifier.run(None, {"image": image})[0]
+
+
+class OnnxCudaRuntime(OnnxRuntime):
+    name = "onnxruntime-cuda"
+    provider = "CUDAExecutionProvider"
 
 
 class TorchRuntime(Runtime):
@@ -65,6 +86,10 @@ class TorchRuntime(Runtime):
         self._model = bundle.pipeline()
 
     @torch.no_grad()
+    def purify(self, image, mask, noise):
+        return self._model.purify_with(*(torch.from_numpy(a) for a in (image, mask, noise))).numpy()
+
+    @torch.no_grad()
     def pipeline(self, image, mask, noise):
         logits, purified = self._model.forward_with(*(torch.from_numpy(a) for a in (image, mask, noise)))
         return logits.numpy(), purified.numpy()
@@ -74,7 +99,7 @@ class TorchRuntime(Runtime):
         return self._model.classifier(torch.from_numpy(image)).numpy()
 
 
-RUNTIMES: dict[str, type[Runtime]] = {"onnxruntime": OnnxRuntime, "torch": TorchRuntime}
+RUNTIMES: dict[str, type[Runtime]] = {"onnxruntime": OnnxRuntime, "onnxruntime-cuda": OnnxCudaRuntime, "torch": TorchRuntime}
 
 
 def create_runtime(bundle: Bundle, name: str = "onnxruntime", threads: int = 0) -> Runtime:

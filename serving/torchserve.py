@@ -1,7 +1,9 @@
 """Start, check and stop TorchServe for one bundle, bound to 127.0.0.1 with token auth on.
 
-``serve()`` exports the bundle to ONNX if needed, archives it with the handler into a .mar,
-writes a config.properties, starts TorchServe and waits until the model's worker is READY.
+``serve()`` exports the bundle to ONNX if needed, archives it with the handler twice (model
+NAME classifies, model NAME-purify only purifies), writes a config.properties and the metrics
+config, starts TorchServe and waits until both models' workers are READY. Requests are batched
+dynamically (``batch_size`` images at most, waiting up to ``max_batch_delay_ms``).
 A model that fails to load stops the server and raises PurifierError with the log's reason:
 a server is never left answering 503. State (model store, config, logs, key file) lives in
 $PURIFIER_SERVE_DIR, default ~/.cache/purifier/serve.
@@ -27,12 +29,16 @@ import yaml
 
 from purifier.bundle import Bundle, load_bundle
 from purifier.errors import PurifierError
+from serving.metrics import metrics_config
 from serving.torchserve_handler import LOAD_FAILED
 
 HANDLER = Path(__file__).with_name("torchserve_handler.py")
 EXAMPLE_IMAGE = Path(__file__).resolve().parent.parent / "examples" / "fashion-mnist" / "sneaker.png"
 TOKEN_EXPIRATION_MIN = 24 * 60
 SERVER_FILE = "server.json"
+PURIFY_SUFFIX = "-purify"
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 def state_dir() -> Path:
@@ -44,14 +50,19 @@ class Server:
     """Addresses and credentials of a running server."""
 
     model: str
+    models: tuple[str, ...]
     inference_url: str
     management_url: str
     metrics_url: str
     inference_key: str
     management_key: str
 
-    def prediction_url(self) -> str:
-        return f"{self.inference_url}/predictions/{self.model}"
+    def prediction_url(self, model: str | None = None) -> str:
+        return f"{self.inference_url}/predictions/{model or self.model}"
+
+    @property
+    def purify_model(self) -> str:
+        return self.model + PURIFY_SUFFIX
 
     def curl_line(self, image: Path = EXAMPLE_IMAGE) -> str:
         return f'curl -H "Authorization: Bearer {self.inference_key}" -T {image} {self.prediction_url()}'
@@ -79,16 +90,29 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def build_archive(bundle: Bundle, work: Path, seed: int | None = None) -> Path:
-    """Archive the bundle's listed files and the handler as WORK/model-store/NAME.mar.
+@dataclass(frozen=True)
+class Batching:
+    """TorchServe's dynamic batching: at most ``batch_size`` requests, waiting up to ``max_batch_delay_ms``."""
 
-    The model-config YAML carries the handler's settings (``seed``: the random transform's
-    seed; null = OS entropy, the only safe choice in production).
+    batch_size: int = 16
+    max_batch_delay_ms: int = 5
+
+
+def build_archive(
+    bundle: Bundle, work: Path, seed: int | None = None, mode: str = "classify", batching: Batching = Batching(), handler: Path = HANDLER,
+    runtime: str = "onnxruntime",
+) -> Path:
+    """Archive the bundle's listed files and the handler as WORK/model-store/MODEL.mar.
+
+    The model-config YAML carries the batching settings and the handler's (``seed``: the random
+    transform's seed, null = OS entropy, the only safe choice in production; ``runtime``:
+    serving.runtime's engine name; ``mode``:
+    classify, or purify for the purify-only model, named NAME-purify).
 
     torch-model-archiver scratches in $TMPDIR/NAME and deletes that path first, so it runs with
     a private TMPDIR; it is given a staged copy of exactly the files bundle.json lists.
     """
-    name = _model_name(bundle)
+    name = _model_name(bundle) + (PURIFY_SUFFIX if mode == "purify" else "")
     staged, scratch, store = work / "archive-src", work / "archive-tmp", work / "model-store"
     for folder in (staged, scratch, store):
         folder.mkdir(parents=True, exist_ok=True)
@@ -96,9 +120,12 @@ def build_archive(bundle: Bundle, work: Path, seed: int | None = None) -> Path:
         (staged / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(bundle.file(relative), staged / relative)
     model_config = work / "model-config.yaml"
-    model_config.write_text(yaml.safe_dump({"minWorkers": 1, "maxWorkers": 1, "handler": {"seed": seed}}))
+    model_config.write_text(yaml.safe_dump({
+        "minWorkers": 1, "maxWorkers": 1, "batchSize": batching.batch_size, "maxBatchDelay": batching.max_batch_delay_ms,
+        "handler": {"seed": seed, "mode": mode, "runtime": runtime},
+    }))
     command = [
-        _bin("torch-model-archiver"), "--model-name", name, "--version", "1.0", "--handler", str(HANDLER),
+        _bin("torch-model-archiver"), "--model-name", name, "--version", "1.0", "--handler", str(handler),
         "--extra-files", str(staged), "--config-file", str(model_config), "--export-path", str(store), "--force",
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TMPDIR=str(scratch)))
@@ -109,8 +136,11 @@ def build_archive(bundle: Bundle, work: Path, seed: int | None = None) -> Path:
 
 
 def write_config(directory: Path, store: Path, port: int, host: str = "127.0.0.1") -> Path:
-    """TorchServe settings: inference and metrics on ``host``, management always on loopback."""
+    """TorchServe settings: inference and metrics on ``host``, management always on loopback,
+    token auth (TorchServe's default), model-management API off, archives only from the local
+    store, request and response sizes capped, our metrics declared."""
     config = directory / "config.properties"
+    metrics = metrics_config(directory / "metrics.yaml")
     config.write_text("\n".join([
         f"inference_address=http://{host}:{port}",
         f"management_address=http://127.0.0.1:{port + 1}",
@@ -122,6 +152,9 @@ def write_config(directory: Path, store: Path, port: int, host: str = "127.0.0.1
         "enable_model_api=false",
         "disable_system_metrics=true",
         f"allowed_urls=file://{store}/.*",
+        f"max_request_size={MAX_REQUEST_BYTES}",
+        f"max_response_size={MAX_RESPONSE_BYTES}",
+        f"metrics_config={metrics}",
         "",
     ]))
     return config
@@ -147,17 +180,18 @@ def _load_failure(log_dir: Path) -> str | None:
 
 
 def _model_ready(server: Server) -> bool:
-    try:
-        response = requests.get(
-            f"{server.management_url}/models/{server.model}",
-            headers={"Authorization": f"Bearer {server.management_key}"}, timeout=5,
-        )
-    except requests.RequestException:
-        return False
-    if response.status_code != 200:
-        return False
-    workers = [w for model in response.json() for w in model.get("workers", [])]
-    return any(worker.get("status") == "READY" for worker in workers)
+    """Whether every served model (classify and purify-only) has a READY worker."""
+    for model in server.models:
+        try:
+            response = requests.get(f"{server.management_url}/models/{model}", headers={"Authorization": f"Bearer {server.management_key}"}, timeout=5)
+        except requests.RequestException:
+            return False
+        if response.status_code != 200:
+            return False
+        workers = [w for entry in response.json() for w in entry.get("workers", [])]
+        if not any(worker.get("status") == "READY" for worker in workers):
+            return False
+    return True
 
 
 def _pid_alive() -> bool:
@@ -177,12 +211,17 @@ def _env(directory: Path) -> dict[str, str]:
 
 def serve(
     bundle_path: Path | None = None, port: int = 8080, foreground: bool = False, timeout_s: float = 180.0,
-    host: str = "127.0.0.1", seed: int | None = None,
+    host: str = "127.0.0.1", seed: int | None = None, batching: Batching = Batching(), handler: Path = HANDLER, runtime: str = "onnxruntime",
 ) -> Server:
-    """Start TorchServe with the bundle and return once its model answers; raise if it cannot load.
+    """Start TorchServe with the bundle and return once its models answer; raise if they cannot load.
 
     ``host`` is 127.0.0.1 except inside a container, whose own network namespace is the boundary.
+    Another ``handler`` (benchmarks compare with a plain one) serves the classify model alone.
     """
+    from serving.runtime import RUNTIMES  # imports torch: only when starting a server
+
+    if runtime not in RUNTIMES:
+        raise PurifierError(f"unknown runtime {runtime!r}; available: {', '.join(RUNTIMES)}")
     bundle = load_bundle(bundle_path)
     if not (bundle.manifest.get("exports") or {}).get("onnx"):
         from export.onnx import export_bundle
@@ -205,18 +244,19 @@ def serve(
     if directory.exists():
         shutil.rmtree(directory)  # state of a server that is no longer running
     (directory / "logs").mkdir(parents=True)
-    archive = build_archive(bundle, directory, seed)
-    store = archive.parent
+    modes = ("classify", "purify") if handler == HANDLER else ("classify",)
+    archives = [build_archive(bundle, directory, seed, mode, batching, handler, runtime) for mode in modes]
+    store = archives[0].parent
     config = write_config(directory, store, port, host)
     command = [
         _bin("torchserve"), "--start", "--ncs", "--ts-config", str(config), "--model-store", str(store),
-        "--models", f"{_model_name(bundle)}={archive.name}",
+        "--models", *(f"{archive.stem}={archive.name}" for archive in archives),
     ]
     if foreground:
         command.append("--foreground")
     with open(directory / "logs" / "torchserve.out", "w") as output:
         process = subprocess.Popen(command, cwd=directory, env=_env(directory), stdout=output, stderr=subprocess.STDOUT, start_new_session=not foreground)
-    server = _wait_until_ready(bundle, directory, port, timeout_s, process if foreground else None)
+    server = _wait_until_ready(bundle, tuple(archive.stem for archive in archives), directory, port, timeout_s, process if foreground else None)
     (directory / SERVER_FILE).write_text(json.dumps(asdict(server)))
     _announce(server, bundle)
     if foreground:
@@ -226,21 +266,23 @@ def serve(
 
 def _announce(server: Server, bundle: Bundle) -> None:
     print(f"serving model '{server.model}' from {bundle.path}")
-    print(f"  predictions: {server.prediction_url()}")
+    print(f"  predictions: {server.prediction_url()}  (KServe v2: {server.inference_url}/v2/models/{server.model}/infer)")
+    if server.purify_model in server.models:
+        print(f"  purify only: {server.prediction_url(server.purify_model)}")
     print(f"  metrics:     {server.metrics_url}/metrics")
     print(f"  logs:        {state_dir() / 'logs'}")
     print(f"  try:         {server.curl_line()}")
     print("  stop with:   purifier serve --stop", flush=True)
 
 
-def _wait_until_ready(bundle: Bundle, directory: Path, port: int, timeout_s: float, foreground: subprocess.Popen | None) -> Server:
+def _wait_until_ready(bundle: Bundle, models: tuple[str, ...], directory: Path, port: int, timeout_s: float, foreground: subprocess.Popen | None) -> Server:
     deadline = time.monotonic() + timeout_s
     server = None
     while time.monotonic() < deadline:
         keys = _keys(directory)
         if keys and server is None:
             server = Server(
-                _model_name(bundle), f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}",
+                _model_name(bundle), models, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}",
                 f"http://127.0.0.1:{port + 2}", *keys,
             )
         if server is not None and _model_ready(server):

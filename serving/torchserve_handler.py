@@ -1,26 +1,41 @@
 """TorchServe handler: a thin adapter from TorchServe's request batch to PurificationService.
 
-Each request body is an encoded image; each response is the JSON of a Prediction, or a 400
-with {"error": ...} for an image that cannot be decoded (the rest of the batch is served).
-A failure to load is logged as one line starting with LOAD_FAILED, which `purifier serve`
-looks for to stop the server with that reason instead of leaving it answering 503.
+Every request item of the (dynamically batched) batch is parsed by serving.protocols; the
+images of all readable items are purified and classified in one call (the random transform is
+drawn per image), and each item gets its own response: predictions (or purified images, for
+the purify-only model), or a 400 with {"error", "reason"} for an item that cannot be read, while
+the rest of the batch is served. Settings come from the archive's model-config YAML
+(``handler: {seed, mode, runtime}``; mode ``classify`` or ``purify``). A failure to load is logged as one
+line starting with LOAD_FAILED, which `purifier serve` looks for to stop the server with that
+reason instead of leaving it answering 503.
 """
 
 import logging
+import time
 
 import numpy as np
 
-from purifier.errors import ImageDecodeError
+from purifier.errors import BadInputError
+from serving.metrics import ServingMetrics
+from serving.protocols import error_body, format_purified, format_response, parse_request
 from serving.service import PurificationService
 
 LOAD_FAILED = "PURIFIER_MODEL_LOAD_FAILED"
+MODES = ("classify", "purify")
 
 
 class PurifierHandler:
     def initialize(self, context) -> None:
         try:
             settings = (context.model_yaml_config or {}).get("handler") or {}
-            self.service = PurificationService.from_bundle(context.system_properties["model_dir"], seed=settings.get("seed"))
+            self.mode = settings.get("mode", "classify")
+            if self.mode not in MODES:
+                raise ValueError(f"handler mode {self.mode!r} is not one of {MODES}")
+            self.service = PurificationService.from_bundle(context.system_properties["model_dir"], runtime=settings.get("runtime", "onnxruntime"),
+                                                           seed=settings.get("seed"))
+            self.model_name = context.model_name
+            self.metrics = ServingMetrics(context.metrics, context.model_name)
+            self.metrics.model_info(self.service.bundle, self.mode)
         except Exception as error:
             logging.getLogger(__name__).error("%s %s: %s", LOAD_FAILED, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
             raise
@@ -28,16 +43,35 @@ class PurifierHandler:
 
     def handle(self, data, context):
         responses: list = [None] * len(data)
-        decoded, positions = [], []
-        for position, request in enumerate(data):
+        began = time.perf_counter()
+        parsed = []
+        for position, item in enumerate(data):
             try:
-                decoded.append(self.service.decode(request.get("data") or request.get("body") or b""))
-                positions.append(position)
-            except ImageDecodeError as error:
+                parsed.append((position, parse_request(item, self.service.bundle.input_shape)))
+            except BadInputError as error:
                 context.set_response_status(400, "Bad Request", idx=position)
-                responses[position] = {"error": str(error)}
-        if decoded:
-            predictions, _ = self.service.run(np.stack(decoded))
-            for position, prediction in zip(positions, predictions):
-                responses[position] = prediction.to_dict()
+                responses[position] = error_body(error)
+                self.metrics.rejected(error.reason)
+        self.metrics.stage("decode", (time.perf_counter() - began) * 1000)
+        if parsed:
+            images = np.concatenate([request.images for _, request in parsed])
+            if self.mode == "purify":
+                started = time.perf_counter()
+                purified = self.service.purify(images)
+                self.metrics.stage("purify", (time.perf_counter() - started) * 1000)
+                self.metrics.batch(len(images), 0)
+            else:
+                outcome = self.service.run(images)
+                purified = outcome.purified
+                self.metrics.stage("purify", outcome.purify_ms)
+                self.metrics.stage("classify", outcome.classify_ms)
+                self.metrics.batch(len(images), sum(p.purification_changed_prediction for p in outcome.predictions))
+            offset = 0
+            for position, request in parsed:
+                span = slice(offset, offset + len(request.images))
+                offset = span.stop
+                if self.mode == "purify":
+                    responses[position] = format_purified(request, purified[span], self.model_name)
+                else:
+                    responses[position] = format_response(request, outcome.predictions[span], purified[span], self.model_name, self.service.bundle.class_names)
         return responses

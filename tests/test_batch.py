@@ -21,7 +21,9 @@ def service():
 
 
 def test_default_pipeline_classifies_real_images(service, fmnist_test):
-    predictions, purified = service.run(fmnist_test.images[:300])
+    outcome = service.run(fmnist_test.images[:300])
+    predictions, purified = outcome.predictions, outcome.purified
+    assert outcome.purify_ms > 0 and outcome.classify_ms > 0
     accuracy = np.mean([p.index == label for p, label in zip(predictions, fmnist_test.labels[:300])])
     assert accuracy >= 0.85
     assert purified.shape == (300, 28, 28, 1) and purified.dtype == np.uint8
@@ -31,7 +33,8 @@ def test_default_pipeline_classifies_real_images(service, fmnist_test):
 
 
 def test_purification_changes_the_image_but_not_beyond_recognition(service, fmnist_test):
-    _, purified = service.run(fmnist_test.images[:50])
+    purified = service.run(fmnist_test.images[:50]).purified
+    assert service.purify(fmnist_test.images[:5]).shape == (5, 28, 28, 1)
     difference = np.abs(purified.astype(int) - fmnist_test.images[:50].astype(int)).mean()
     assert 1 < difference < 40
 

@@ -7,14 +7,23 @@ tested in test_serving_failures.py). Request loops are bounded.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import os
+import signal
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 import requests
+from PIL import Image
 
-from purifier.bundle import DEFAULT_BUNDLE
+from purifier.bundle import DEFAULT_BUNDLE, load_bundle
 from purifier.images import encode_png
+from serving.metrics import bundle_sha256
 from serving.service import PurificationService
 
 from tests.serving_helpers import PORT, needs_java, serve as _serve
@@ -37,7 +46,7 @@ def server(tmp_path_factory, fmnist_test):
         url = f"http://127.0.0.1:{PORT}/predictions/fmnist-default"
         headers = {"Authorization": f"Bearer {keys['inference']['key']}"}
         first = [requests.post(url, data=encode_png(image), headers=headers, timeout=30) for image in fmnist_test.images[:FIRST]]
-        yield {"url": url, "key": keys["inference"]["key"], "stdout": started.stdout, "state": state, "first": first}
+        yield {"url": url, "key": keys["inference"]["key"], "stdout": started.stdout, "state": state, "first": first, "headers": headers}
     finally:
         _serve(["--stop"], state)
 
@@ -58,7 +67,7 @@ def test_server_answers_exactly_as_the_offline_pipeline(server, fmnist_test):
     """Same bundle, same seed, one image per request in order: identical predictions."""
     offline = PurificationService.from_bundle(DEFAULT_BUNDLE, seed=0)
     for response, image in zip(server["first"], fmnist_test.images[:FIRST]):
-        (expected,), _ = offline.run(image[None])
+        (expected,) = offline.run(image[None]).predictions
         assert response.json() == expected.to_dict()
 
 
@@ -83,3 +92,93 @@ def test_bad_image_and_missing_token_are_client_errors(server):
     ok = requests.post(server["url"], data=(DEFAULT_BUNDLE.parent.parent / "examples/fashion-mnist/bag.png").read_bytes(),
                        headers={"Authorization": f"Bearer {server['key']}"}, timeout=30)
     assert ok.status_code == 200  # the worker survived the bad request
+
+
+def test_json_multipart_v2_and_purify_only_requests(server, fmnist_test):
+    pngs = [encode_png(image) for image in fmnist_test.images[FIRST:FIRST + 4]]
+    labels = fmnist_test.labels[FIRST:FIRST + 4]
+    base = f"http://127.0.0.1:{PORT}"
+    as_json = requests.post(server["url"], json={"image": base64.b64encode(pngs[0]).decode(), "return_purified": True},
+                            headers=server["headers"], timeout=30)
+    assert as_json.status_code == 200 and Image.open(io.BytesIO(base64.b64decode(as_json.json()["purified_png_base64"]))).size == (28, 28)
+    multipart = requests.post(server["url"], files={"data": ("shoe.png", pngs[1], "image/png")}, headers=server["headers"], timeout=30)
+    assert multipart.status_code == 200 and multipart.json()["label"] in DEFAULT_CLASSES
+    v2 = requests.post(f"{base}/v2/models/fmnist-default/infer", headers=server["headers"], timeout=30, json={
+        "id": "batch-7", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [4], "data": [base64.b64encode(p).decode() for p in pngs]}]})
+    assert v2.status_code == 200, v2.text
+    outputs = {output["name"]: output for output in v2.json()["outputs"]}
+    assert v2.json()["id"] == "batch-7" and outputs["probabilities"]["shape"] == [4, 10]
+    assert sum(int(i == label) for i, label in zip(outputs["index"]["data"], labels)) >= 3
+    purify_only = requests.post(f"{base}/predictions/fmnist-default-purify", data=pngs[2], headers=server["headers"], timeout=30)
+    assert purify_only.status_code == 200 and set(purify_only.json()) == {"purified_png_base64"}
+
+
+def test_bad_inputs_get_400s_with_reasons_and_the_worker_keeps_serving(server, fmnist_test):
+    bodies = {
+        "empty": b"", "not_an_image": b"plain text, not an image", "corrupt": encode_png(fmnist_test.images[0])[:80],
+        "bad_json": b'{"image": ', "too_many_pixels": _blank_png(5000, 5000), "bad_dimensions": _blank_png(3000, 2),
+    }
+    for reason, body in bodies.items():
+        response = requests.post(server["url"], data=body, headers=server["headers"], timeout=30)
+        assert response.status_code == 400 and response.json()["reason"] == reason, (reason, response.status_code, response.text)
+    bad_v2 = requests.post(f"http://127.0.0.1:{PORT}/v2/models/fmnist-default/infer", headers=server["headers"], timeout=30,
+                           json={"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 32, 32, 1], "data": [0] * 1024}]})
+    assert bad_v2.status_code == 400 and bad_v2.json()["reason"] == "bad_tensor"
+    assert requests.post(server["url"], data=encode_png(fmnist_test.images[0]), headers=server["headers"], timeout=30).status_code == 200
+
+
+def test_prometheus_metrics_are_scraped(server):
+    text = requests.get(f"http://127.0.0.1:{PORT + 2}/metrics", timeout=30).text
+    for name in ("PurifierStageLatency", "PurifierBatchSize", "PurifierImages", "PurifierRejectedInputs", "PurifierModelInfo"):
+        assert name in text, f"{name} missing from /metrics"
+    assert 'Stage="purify"' in text and 'Stage="classify"' in text and 'Reason="not_an_image"' in text
+    sha = bundle_sha256(load_bundle(DEFAULT_BUNDLE))
+    assert f'BundleSha256="{sha}"' in text
+
+
+def _blank_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _worker_pid(server, model: str = "fmnist-default") -> int:
+    management = json.loads((server["state"] / "serve" / "key_file.json").read_text())["management"]["key"]
+    response = requests.get(f"http://127.0.0.1:{PORT + 1}/models/{model}", headers={"Authorization": f"Bearer {management}"}, timeout=10)
+    return int(response.json()[0]["workers"][0]["pid"])
+
+
+def test_concurrent_clients_get_no_errors_and_memory_stays_bounded(server, fmnist_test):
+    """32 clients × 20 requests, real images, no 4xx/5xx; the worker's memory grows by less than 64 MiB."""
+    pngs = [encode_png(image) for image in fmnist_test.images[:64]]
+    worker = psutil.Process(_worker_pid(server))
+    before = worker.memory_info().rss
+
+    def client(index: int) -> list[int]:
+        with requests.Session() as session:
+            return [session.post(server["url"], data=pngs[(index + k) % len(pngs)], headers=server["headers"], timeout=60).status_code
+                    for k in range(20)]
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        statuses = [status for result in pool.map(client, range(32)) for status in result]
+    assert len(statuses) == 640 and set(statuses) == {200}
+    assert worker.memory_info().rss - before < 64 * 2**20
+
+
+def test_a_killed_worker_is_restarted_and_serves_again(server, fmnist_test):
+    """SIGKILL the classify worker mid-load: TorchServe starts a new one and requests succeed again."""
+    png = encode_png(fmnist_test.images[0])
+    old_pid = _worker_pid(server)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        inflight = [pool.submit(requests.post, server["url"], data=png, headers=server["headers"], timeout=60) for _ in range(8)]
+        os.kill(old_pid, signal.SIGKILL)
+        for future in inflight:
+            future.result()  # answered one way or another: no hung connection
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        response = requests.post(server["url"], data=png, headers=server["headers"], timeout=60)
+        if response.status_code == 200:
+            break
+        time.sleep(1)
+    assert response.status_code == 200 and _worker_pid(server) != old_pid
+    assert all(requests.post(server["url"], data=png, headers=server["headers"], timeout=60).status_code == 200 for _ in range(10))

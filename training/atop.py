@@ -35,7 +35,7 @@ from purifier.pipeline import Pipeline
 from purifier.transforms import RandomTransform
 from training.adversarial import adversarial_batch
 from training.common import (
-    TrainConfig, accuracy, checkpoint_dir_for, dataset_kind, fingerprint, load_split, metric, publish, seed_everything, training_record,
+    TrainConfig, accuracy, checkpoint_dir_for, classifier_and_training_data, dataset_kind, fingerprint, load_split, metric, publish, seed_everything, training_record,
 )
 from training.gan import ReconstructionGAN
 from training.loop import TrainState, batches, progress, run_epochs
@@ -95,21 +95,13 @@ def _initial_purifier(config: AtopConfig, channels: int):
     pretrained = load_bundle(config.purifier)
     if not pretrained.has_purifier:
         raise DataError(f"{config.purifier} has no purifier; pass a bundle written by 'purifier train purifier' or 'purifier train atop'")
-    return pretrained.purifier(), pretrained.manifest["purifier"]["config"], _records(pretrained, "purifier")
-
-
-def _records(bundle: Bundle, role: str) -> list[dict]:
-    """The training records of a bundle's classifier, or of its purifier (every later stage)."""
-    return [record for record in bundle.manifest["training"] if (record["stage"] == "classifier") == (role == "classifier")]
+    return pretrained.purifier(), pretrained.manifest["purifier"]["config"], pretrained.training_records("purifier")
 
 
 def train_atop(config: AtopConfig) -> Bundle:
     """Pre-train and/or fine-tune a U-Net purifier for ``config.classifier``; write classifier + purifier as a bundle."""
     seed_everything(config.seed)
-    base = load_bundle(config.classifier)
-    data, images, labels = load_split(dataset_kind(base), config.data_dir, "train", config.limit)
-    if tuple(data.input_shape) != base.input_shape:
-        raise DataError(f"data images are {data.input_shape} but classifier bundle {config.classifier} expects {base.input_shape}; use the classifier's data")
+    base, data, images, labels = classifier_and_training_data(config)
     transform = config.random_transform()
     purifier, model_config, earlier_records = _initial_purifier(config, data.input_shape[0])
     classifier = base.classifier().requires_grad_(False)
@@ -169,7 +161,7 @@ def train_atop(config: AtopConfig) -> Bundle:
         "dataset": base.manifest["dataset"],
         "classifier": base.manifest["classifier"],
         "purifier": {"architecture": "unet", "config": model_config, "method": method, "random_transform": transform.to_dict()},
-        "training": _records(base, "classifier") + earlier_records + [training_record(stage_name, config, state)],
+        "training": base.training_records("classifier") + earlier_records + [training_record(stage_name, config, state)],
         "metrics": {
             "clean_accuracy_classifier": metric(accuracy(classifier, test_images, test_labels), **protocol),
             "clean_accuracy_pipeline": metric(accuracy(Pipeline(classifier, purifier, transform, seed=0), test_images, test_labels),

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from purifier.bundle import Bundle, write_bundle
+from purifier.bundle import Bundle, load_bundle, write_bundle
 from purifier.data import ImageDataset, load_dataset
+from purifier.errors import DataError
 from training.loop import TrainState
 
 @dataclass(kw_only=True)
@@ -70,6 +71,15 @@ def load_split(dataset: str, data_dir: Path | None, split: str, limit: int | Non
     data = load_dataset(dataset, split, data_dir).head(limit)
     images, labels = data.tensors()
     return data, images, labels
+
+
+def classifier_and_training_data(config: Any) -> tuple[Bundle, ImageDataset, torch.Tensor, torch.Tensor]:
+    """The bundle named by ``config.classifier`` and its data set's training split (shapes checked)."""
+    base = load_bundle(config.classifier)
+    data, images, labels = load_split(dataset_kind(base), config.data_dir, "train", config.limit)
+    if tuple(data.input_shape) != base.input_shape:
+        raise DataError(f"data images are {data.input_shape} but bundle {config.classifier} expects {base.input_shape}; use the classifier's data")
+    return base, data, images, labels
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:

@@ -17,11 +17,14 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 NORMS = ("linf", "l2")
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
@@ -42,12 +45,17 @@ def _random_start(images: torch.Tensor, eps: float, norm: str, generator: torch.
     return direction / _flat_norm(direction) * radius * eps
 
 
-def _loss_and_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eot: int) -> tuple[torch.Tensor, torch.Tensor]:
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The default objective: per-image cross-entropy."""
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def _loss_and_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eot: int, objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image loss and its gradient, both averaged over ``eot`` calls of the model."""
     x = x.detach().requires_grad_(True)
     total = torch.zeros(len(x))
     for _ in range(eot):
-        loss = F.cross_entropy(model(x), labels, reduction="none")
+        loss = objective(model(x), labels)
         loss.sum().backward()
         total += loss.detach()
     return total / eot, x.grad.detach() / eot
@@ -65,8 +73,11 @@ def pgd(
     eot: int = 1,
     generator: torch.Generator | None = None,
     keep_best: bool = True,
+    objective: Objective = cross_entropy,
 ) -> torch.Tensor:
-    """Untargeted PGD on cross-entropy; returns adversarial images in [0, 1] (N, C, H, W).
+    """Untargeted PGD maximising ``objective(model(x), labels)`` (per image; default cross-entropy);
+    returns adversarial images in [0, 1] (N, C, H, W). ``labels`` is whatever the objective
+    compares the output with: class indices, or clean features for a feature-space attack.
 
     ``step_size`` defaults to 2.5·ε/steps (Madry et al.). ``generator`` seeds the random start.
     ``keep_best`` returns each image's highest-loss iterate (evaluation); without it, the last
@@ -83,7 +94,7 @@ def pgd(
     for step in range(steps + 1):
         if step == steps and not keep_best:
             return x.detach()
-        loss, gradient = _loss_and_gradient(model, x, labels, eot)
+        loss, gradient = _loss_and_gradient(model, x, labels, eot, objective)
         improved = loss > best_loss
         best_x[improved], best_loss[improved] = x[improved], loss[improved]
         if step == steps:

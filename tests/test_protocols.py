@@ -1,0 +1,115 @@
+"""Request formats and bad input, on real Fashion-MNIST images, without a server (serving/protocols.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from purifier.errors import BadInputError
+from purifier.images import encode_png
+from serving.protocols import format_purified, format_response, parse_request
+from serving.service import PurificationService
+
+SHAPE = (1, 28, 28)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def pngs(fmnist_test):
+    return [encode_png(image) for image in fmnist_test.images[:4]]
+
+
+def test_every_accepted_form_yields_the_same_pixels(pngs, fmnist_test):
+    expected = fmnist_test.images[:1]
+    forms = {
+        "raw": {"body": pngs[0]},
+        "multipart": {"file": pngs[0], "return_purified": b"true"},
+        "json": {"body": {"image": _b64(pngs[0]), "return_purified": True}},
+        "v2 bytes": {"body": {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [_b64(pngs[0])]}]}},
+        "v2 uint8": {"body": {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 28, 28, 1], "data": expected.reshape(-1).tolist()}]}},
+        "v2 fp32": {"body": {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": (expected.reshape(-1) / 255).tolist()}]}},
+    }
+    for name, item in forms.items():
+        request = parse_request(item, SHAPE)
+        assert np.array_equal(request.images, expected), name
+    assert parse_request(forms["multipart"], SHAPE).return_purified and parse_request(forms["json"], SHAPE).return_purified
+    assert not parse_request(forms["raw"], SHAPE).return_purified
+
+
+def test_v2_request_of_several_images_gets_v2_outputs(pngs, fmnist_test):
+    body = {"id": "r-1", "parameters": {"return_purified": True},
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [4], "data": [_b64(p) for p in pngs]}]}
+    request = parse_request({"body": body}, SHAPE)
+    service = PurificationService.from_bundle(None, seed=0)
+    outcome = service.run(request.images)
+    response = format_response(request, outcome.predictions, outcome.purified, "fmnist-default", service.bundle.class_names)
+    outputs = {output["name"]: output for output in response["outputs"]}
+    assert response["id"] == "r-1" and response["model_name"] == "fmnist-default"
+    assert outputs["label"]["shape"] == [4] and outputs["probabilities"]["shape"] == [4, 10]
+    assert len(outputs["probabilities"]["data"]) == 40 and abs(sum(outputs["probabilities"]["data"][:10]) - 1) < 1e-4
+    assert outputs["index"]["data"] == [p.index for p in outcome.predictions]
+    purified = Image.open(io.BytesIO(base64.b64decode(outputs["purified"]["data"][2])))
+    assert purified.size == (28, 28)
+    only = format_purified(request, outcome.purified, "fmnist-default-purify")
+    assert only["outputs"][0]["shape"] == [4]
+
+
+def _truncated_jpeg(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0]).save(buffer, format="JPEG")
+    return buffer.getvalue()[:200]
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+BAD = {
+    "empty body": ({"body": b""}, "empty"),
+    "no field at all": ({}, "empty"),
+    "non-image bytes": ({"body": b"hello, this is not an image"}, "not_an_image"),
+    "truncated png": (lambda png, jpeg: {"body": png[:60]}, "corrupt"),
+    "truncated jpeg": (lambda png, jpeg: {"body": jpeg}, "corrupt"),
+    "decompression bomb": ({"body": _png_claiming(5000, 5000)}, "too_many_pixels"),
+    "absurd dimensions": ({"body": _png_claiming(4000, 1)}, "bad_dimensions"),
+    "invalid base64": ({"body": {"image": "not base64!!"}}, "bad_base64"),
+    "malformed json": ({"body": b'{"image": "abc"'}, "bad_json"),
+    "json without image": ({"body": {"picture": "abc"}}, "bad_json"),
+    "v2 wrong shape": ({"body": {"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1, 32, 32, 1], "data": [0] * 1024}]}}, "bad_tensor"),
+    "v2 wrong datatype": ({"body": {"inputs": [{"name": "x", "datatype": "INT64", "shape": [1, 28, 28, 1], "data": [0] * 784}]}}, "bad_tensor"),
+    "v2 too little data": ({"body": {"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1, 28, 28, 1], "data": [0] * 10}]}}, "bad_tensor"),
+    "v2 out of range": ({"body": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [2.0] * 784}]}}, "bad_tensor"),
+    "v2 no inputs": ({"body": {"inputs": []}}, "bad_tensor"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_a_bad_input_error_with_its_reason(case, pngs, fmnist_test):
+    item, reason = BAD[case]
+    if callable(item):
+        item = item(pngs[0], _truncated_jpeg(fmnist_test.images[0]))
+    with pytest.raises(BadInputError) as error:
+        parse_request(item, SHAPE)
+    assert error.value.reason == reason and "\n" not in str(error.value)
+
+
+def test_special_image_modes_are_converted(fmnist_test):
+    image = fmnist_test.images[0][..., 0]
+    forms = []
+    for mode in ("I;16", "CMYK", "RGBA", "P"):
+        buffer = io.BytesIO()
+        converted = Image.fromarray(image).convert(mode) if mode != "I;16" else Image.fromarray(image.astype(np.uint16) * 257)
+        converted.save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
+        forms.append(buffer.getvalue())
+    for data in forms:
+        (decoded,) = parse_request({"body": data}, SHAPE).images
+        assert np.abs(decoded.astype(int) - fmnist_test.images[0].astype(int)).mean() < 3
