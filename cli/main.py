@@ -214,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--seed", type=int, help="seed the random transform, for reproducible debugging only (default: OS entropy; a known seed lets an attacker predict the masks)")
     serve.add_argument("--runtime", default=os.environ.get("PURIFIER_RUNTIME", "onnxruntime"),
                        help="engine: onnxruntime (CPU, default; env PURIFIER_RUNTIME), onnxruntime-cuda (NVIDIA GPU, needs onnxruntime-gpu) or torch")
-    serve.add_argument("--batch-size", type=int, default=16, help="dynamic batching: most requests handled in one batch (default 16)")
-    serve.add_argument("--max-batch-delay", type=int, default=5, help="dynamic batching: most milliseconds a request waits for others (default 5)")
+    serve.add_argument("--batch-size", type=int, default=32, help="dynamic batching: most requests handled in one batch (default 32)")
+    serve.add_argument("--max-batch-delay", type=int, default=1, help="dynamic batching: most milliseconds a request waits for others (default 1)")
     serve.add_argument("--stop", action="store_true", help="stop the running server")
     serve.add_argument("--status", action="store_true", help="exit 0 if the served model is loaded and ready, else 2")
     serve.set_defaults(func=_serve)
