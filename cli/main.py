@@ -64,6 +64,8 @@ def _train(args: argparse.Namespace) -> None:
         from training.classifier import ClassifierConfig as Config, train_classifier as train
     elif args.trainer == "jatp":
         from training.jatp import JatpConfig as Config, train_jatp as train
+    elif args.trainer == "flow":
+        from training.flow import FlowConfig as Config, train_flow as train
     else:
         from training.atop import AtopConfig as Config, train_atop as train
     if args.trainer == "purifier":  # AToP's pre-training stage alone
@@ -135,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="purifier", description="Adversarial purification: train, export, serve, purify.")
     commands = parser.add_subparsers(dest="command_name", required=True)
 
-    train = commands.add_parser("train", help="train a classifier, an AToP purifier or a JATP pre-processor into a bundle")
+    train = commands.add_parser("train", help="train a classifier, an AToP purifier, a JATP pre-processor or a flow into a bundle")
     trainers = train.add_subparsers(dest="trainer", required=True)
     classifier = trainers.add_parser("classifier", help="standard classifier training", argument_default=argparse.SUPPRESS)
     _add_common_training(classifier)
@@ -174,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     jatp.add_argument("--attack-steps", type=int, help="PGD steps per batch (default 5)")
     jatp.add_argument("--feature-weight", type=float, help="β, weight of the feature-similarity adversarial risk (default 1.0; 0: pixel loss only)")
     jatp.add_argument("--pixel-weight", type=float, help="α, weight of the pixel-wise L1 loss (default 1.0)")
+    flow = trainers.add_parser("flow", help="a Glow normalizing flow by maximum likelihood (IJSAT's manifold model)", argument_default=argparse.SUPPRESS)
+    _add_common_training(flow)
+    flow.add_argument("--dataset", choices=DATASETS, help="fashion-mnist (default), cifar10 or folder")
+    flow.add_argument("--levels", type=int, help="multi-scale levels (default 2; image sides must divide by 2^levels)")
+    flow.add_argument("--steps", type=int, help="flow steps per level (default 4)")
+    flow.add_argument("--hidden", type=int, help="channels of the coupling networks (default 64)")
     train.set_defaults(func=_train)
 
     compose = commands.add_parser("compose", help="put one bundle's purifier in front of another bundle's classifier (no retraining)")

@@ -27,7 +27,7 @@ from torch import nn
 
 from purifier.errors import BundleError
 from purifier.fsutil import atomic_write_json, publish_dir, sha256_file, staging_dir
-from purifier.models import CLASSIFIERS, PURIFIERS, build
+from purifier.models import CLASSIFIERS, FLOWS, PURIFIERS, build
 from purifier.pipeline import Pipeline
 from purifier.transforms import RandomTransform
 
@@ -69,6 +69,12 @@ class Bundle:
 
     def purifier(self) -> nn.Module | None:
         return _build_model(self, "purifier", PURIFIERS) if self.has_purifier else None
+
+    def flow(self) -> nn.Module:
+        """The normalizing flow of a flow bundle (``purifier train flow``), in eval mode."""
+        if not self.manifest.get("flow"):
+            raise BundleError(f"bundle {self.path} has no flow; pass a bundle written by 'purifier train flow'")
+        return _build_model(self, "flow", FLOWS)
 
     def pipeline(self, seed: int | None = 0) -> Pipeline:
         """RT -> purifier -> classifier, in eval mode, frozen."""
@@ -117,7 +123,7 @@ def load_bundle(path: Path | str | None = None) -> Bundle:
         found = manifest.get("schema_version") if isinstance(manifest, dict) else None
         raise BundleError(f"{path}: bundle schema version {found!r} is not supported (expected {SCHEMA_VERSION}); re-export it with this version")
     files = manifest.get("files") or {}
-    for role in ("classifier", "purifier"):
+    for role in ("classifier", "purifier", "flow"):
         entry = manifest.get(role)
         if entry and entry.get("weights") not in files:
             raise BundleError(f"{path}: {role} weights are not listed in {MANIFEST}'s files; the bundle is incomplete")

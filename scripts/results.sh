@@ -10,10 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH="$PWD/.venv/bin:$PATH"
 
-train() {  # train OUT TRAINER ARGS...: train (resuming) and export, unless OUT is finished
+fit() {  # fit OUT TRAINER ARGS...: train (resuming), unless OUT is finished
   local out=$1; shift
   [ -e "$out/bundle.json" ] || purifier train "$@" --out "$out"
-  [ -e "$out/onnx/pipeline.onnx" ] || purifier export "$out"
+}
+
+train() {  # train OUT TRAINER ARGS...: fit, then export to ONNX
+  fit "$@"
+  [ -e "$1/onnx/pipeline.onnx" ] || purifier export "$1"
 }
 
 compose() {  # compose OUT ARGS...: a purifier in front of another classifier (no training), exported
@@ -36,9 +40,10 @@ declare -A STEPS=(
   [atop-rt3]="train bundles/fmnist-atop-rt3 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_multimask --masks 2 --epochs 5"
   [jatp]="train bundles/fmnist-jatp jatp --classifier bundles/fmnist-standard --epochs 3"
   [jatp-static]="train bundles/fmnist-jatp-static jatp --classifier bundles/fmnist-standard --examples static --feature-weight 0 --epochs 3"
+  [flow]="fit bundles/fmnist-flow flow --epochs 10"
   [jatp-on-pgd-at]="compose bundles/fmnist-jatp-on-pgd-at --purifier bundles/fmnist-jatp --classifier bundles/fmnist-pgd-at"
 )
-ORDER=(standard pgd-at fgsm-rs pretrained atop-rt2 atop-rt1 atop-rt3 jatp jatp-static jatp-on-pgd-at)
+ORDER=(standard pgd-at fgsm-rs pretrained atop-rt2 atop-rt1 atop-rt3 jatp jatp-static jatp-on-pgd-at flow)
 for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-default fmnist-pretrained fmnist-atop-rt2 fmnist-atop-rt1 fmnist-atop-rt3 \
     fmnist-jatp fmnist-jatp-static fmnist-jatp-on-pgd-at; do
   STEPS[eval-${name#fmnist-}]="evaluate $name"

@@ -6,11 +6,13 @@ from typing import Any
 
 from torch import nn
 
+from purifier.models.flow import Glow
 from purifier.models.resnet import ResNetSmall
 from purifier.models.unet import UNet
 
 CLASSIFIERS: dict[str, type[nn.Module]] = {"resnet_small": ResNetSmall}
 PURIFIERS: dict[str, type[nn.Module]] = {"unet": UNet}
+FLOWS: dict[str, type[nn.Module]] = {"glow": Glow}
 
 
 def build(registry: dict[str, type[nn.Module]], architecture: str, config: dict[str, Any]) -> nn.Module:
