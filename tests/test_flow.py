@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 from cli.main import main
-from purifier.bundle import load_bundle
+from purifier.bundle import DEFAULT_BUNDLE, load_bundle
 from purifier.models.flow import Glow
+from training.attacks import joint_pgd, pgd
+from training.common import accuracy
 
 
 def _perturbed(flow: Glow, scale: float) -> Glow:
@@ -51,3 +53,16 @@ def test_train_flow_writes_a_flow_bundle_that_learned(tmp_path, capsys):
     image = torch.rand(2, 1, 28, 28)
     with torch.no_grad():
         assert float((flow.decode(flow.encode(image)) - image).abs().max()) < 1e-4
+
+
+def test_joint_space_attack_stays_in_its_budget_and_is_stronger_than_image_space(fmnist_test):
+    torch.manual_seed(2)
+    flow = _perturbed(Glow(in_channels=1, levels=2, steps=2, hidden=16), 0.01).requires_grad_(False)
+    classifier = load_bundle(DEFAULT_BUNDLE).classifier().requires_grad_(False)
+    images, labels = fmnist_test.head(100).tensors()
+    image_only = joint_pgd(classifier, flow, images, labels, eps=0.02, eta=0.0, steps=10, generator=torch.Generator().manual_seed(0))
+    assert float((image_only - images).abs().max()) <= 0.02 + 1e-4  # η = 0: the L∞ ball (up to the flow's float error)
+    joint = joint_pgd(classifier, flow, images, labels, eps=0.02, eta=0.05, steps=10, generator=torch.Generator().manual_seed(0))
+    reference = pgd(classifier, images, labels, 0.02, steps=10, generator=torch.Generator().manual_seed(0))
+    assert accuracy(classifier, joint, labels) <= accuracy(classifier, reference, labels)
+    assert abs(accuracy(classifier, image_only, labels) - accuracy(classifier, reference, labels)) <= 0.05

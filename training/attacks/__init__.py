@@ -2,6 +2,7 @@
 whole Pipelines alike): gradients flow through everything the model does."""
 
 from training.attacks.bpda import BPDA
+from training.attacks.joint import joint_pgd
 from training.attacks.pgd import fgsm, pgd
 
-__all__ = ["BPDA", "fgsm", "pgd"]
+__all__ = ["BPDA", "fgsm", "joint_pgd", "pgd"]
