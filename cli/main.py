@@ -60,7 +60,7 @@ def _add_purifier_training(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     """Build the trainer's config from the options given on the command line, then train."""
-    if args.trainer == "classifier":
+    if args.trainer in ("classifier", "ijsat"):
         from training.classifier import ClassifierConfig as Config, train_classifier as train
     elif args.trainer == "jatp":
         from training.jatp import JatpConfig as Config, train_jatp as train
@@ -68,6 +68,8 @@ def _train(args: argparse.Namespace) -> None:
         from training.flow import FlowConfig as Config, train_flow as train
     else:
         from training.atop import AtopConfig as Config, train_atop as train
+    if args.trainer == "ijsat":
+        args.method = "ijsat"
     if args.trainer == "purifier":  # AToP's pre-training stage alone
         args.pretrain_epochs, args.epochs = getattr(args, "epochs", 5), 0
     names = {field.name for field in dataclasses.fields(Config)}
@@ -176,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     jatp.add_argument("--attack-steps", type=int, help="PGD steps per batch (default 5)")
     jatp.add_argument("--feature-weight", type=float, help="β, weight of the feature-similarity adversarial risk (default 1.0; 0: pixel loss only)")
     jatp.add_argument("--pixel-weight", type=float, help="α, weight of the pixel-wise L1 loss (default 1.0)")
+    ijsat = trainers.add_parser("ijsat", help="IJSAT: a classifier trained on joint-space adversarial Robust Mixup", argument_default=argparse.SUPPRESS)
+    _add_common_training(ijsat)
+    ijsat.add_argument("--flow", type=Path, required=True, help="flow bundle from 'purifier train flow' (the joint space's latent)")
+    ijsat.add_argument("--dataset", choices=DATASETS, help="fashion-mnist (default), cifar10 or folder")
+    ijsat.add_argument("--eps", type=float, help="L∞ radius δ in image space (default 0.1)")
+    ijsat.add_argument("--eta", type=float, help="L∞ radius δz in the flow's latent space (default 0.1)")
+    ijsat.add_argument("--attack-steps", type=int, help="joint PGD steps per batch (default 10)")
+    ijsat.add_argument("--mixup-alpha", type=float, help="α of Robust Mixup's λ ~ Beta(α, α) (default 1.0)")
+    ijsat.add_argument("--weight-decay", type=float)
     flow = trainers.add_parser("flow", help="a Glow normalizing flow by maximum likelihood (IJSAT's manifold model)", argument_default=argparse.SUPPRESS)
     _add_common_training(flow)
     flow.add_argument("--dataset", choices=DATASETS, help="fashion-mnist (default), cifar10 or folder")

@@ -1,4 +1,5 @@
-"""Classifier training: standard, min_θ E_(x,y) CE(f_θ(x), y), or adversarial (see adversarial.py).
+"""Classifier training: standard, min_θ E_(x,y) CE(f_θ(x), y), or adversarial (see adversarial.py,
+and ijsat.py for IJSAT's joint-space Robust Mixup).
 
 The baselines every defence is measured against, and the classifier a purifier is put in
 front of. SGD with Nesterov momentum and a one-cycle learning-rate schedule.
@@ -12,12 +13,13 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from purifier.bundle import Bundle
+from purifier.bundle import Bundle, load_bundle
 from purifier.models import CLASSIFIERS, build
 from training.common import (
     TrainConfig, accuracy, channel_stats, checkpoint_dir_for, fingerprint, load_split, metric, publish, seed_everything, training_record,
 )
 from training.adversarial import adversarial_batch
+from training.ijsat import robust_mixup_batch
 from training.loop import TrainState, batches, progress, run_epochs
 
 
@@ -28,6 +30,13 @@ class ClassifierConfig(TrainConfig):
     method: str = "standard"
     eps: float = 0.1
     attack_steps: int = 10
+    flow: Path | None = None
+    eta: float = 0.1
+    mixup_alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if (self.method == "ijsat") != (self.flow is not None):
+            raise ValueError("IJSAT training needs --flow BUNDLE (a flow from 'purifier train flow'), and only IJSAT uses a flow")
 
 
 def train_classifier(config: ClassifierConfig) -> Bundle:
@@ -44,6 +53,14 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
     steps = config.epochs * -(-len(labels) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.15)
     state = TrainState({"classifier": model}, {"classifier": optimizer}, {"classifier": scheduler})
+    flow = load_bundle(config.flow).flow().requires_grad_(False) if config.flow else None
+
+    def training_batch(index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of one batch: hard labels, or IJSAT's mixed soft labels."""
+        if flow is not None:
+            return robust_mixup_batch(model, flow, images[index], labels[index], len(data.class_names), config.eps, config.eta,
+                                      config.attack_steps, config.mixup_alpha, generator)
+        return adversarial_batch(model, images[index], labels[index], config.method, config.eps, config.attack_steps, generator), labels[index]
 
     def train_epoch(epoch: int) -> dict[str, float]:
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
@@ -51,9 +68,9 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
         count = -(-len(labels) // config.batch_size)
         bar = progress(batches(len(labels), config.batch_size, config.seed, epoch), count, f"classifier epoch {epoch + 1}/{config.epochs}")
         for index in bar:
-            inputs = adversarial_batch(model, images[index], labels[index], config.method, config.eps, config.attack_steps, generator)
+            inputs, targets = training_batch(index, generator)
             logits = model(inputs)
-            loss = F.cross_entropy(logits, labels[index])
+            loss = F.cross_entropy(logits, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -68,7 +85,9 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
     test, test_images, test_labels = load_split(config.dataset, config.data_dir, "test")
     classifier_entry = {"architecture": "resnet_small", "config": model_config, "method": config.method}
     if config.method != "standard":
-        classifier_entry.update(eps=config.eps, attack_steps=config.attack_steps if config.method == "pgd" else 1)
+        classifier_entry.update(eps=config.eps, attack_steps=1 if config.method == "fgsm_rs" else config.attack_steps)
+    if flow is not None:
+        classifier_entry.update(eta=config.eta, mixup_alpha=config.mixup_alpha, flow=load_bundle(config.flow).name)
     manifest = {
         "name": config.name or Path(config.out).name,
         "dataset": {"name": data.name, "input_shape": list(data.input_shape), "class_names": list(data.class_names)},

@@ -1,13 +1,16 @@
-"""The Glow flow: exact inverse, log-determinant against a brute-force Jacobian, and `purifier train flow`."""
+"""IJSAT's parts: the Glow flow (exact inverse, log-determinant against a brute-force Jacobian,
+`purifier train flow`), the joint-space attack, Robust Mixup and `purifier train ijsat`."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cli.main import main
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
 from purifier.models.flow import Glow
 from training.attacks import joint_pgd, pgd
+from training.ijsat import robust_mixup_batch
 from training.common import accuracy
 
 
@@ -42,10 +45,15 @@ def test_log_determinant_matches_the_brute_force_jacobian():
     assert abs(float(brute_force)) > 0.1  # not trivially the identity
 
 
-def test_train_flow_writes_a_flow_bundle_that_learned(tmp_path, capsys):
-    out = tmp_path / "flow"
+@pytest.fixture(scope="module")
+def flow_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("flow") / "flow"
     main(["train", "flow", "--epochs", "1", "--limit", "1024", "--batch-size", "32", "--levels", "2", "--steps", "2", "--hidden", "16", "--out", str(out)])
-    bundle = load_bundle(out)
+    return load_bundle(out)
+
+
+def test_train_flow_writes_a_flow_bundle_that_learned(flow_bundle):
+    bundle = flow_bundle
     bits = bundle.manifest["metrics"]["test_bits_per_dim"]["value"]
     assert bits < 8.0  # a uniform model of 8-bit pixels has 8 bits/dim
     assert not bundle.has_purifier and bundle.manifest["classifier"] is None
@@ -66,3 +74,21 @@ def test_joint_space_attack_stays_in_its_budget_and_is_stronger_than_image_space
     reference = pgd(classifier, images, labels, 0.02, steps=10, generator=torch.Generator().manual_seed(0))
     assert accuracy(classifier, joint, labels) <= accuracy(classifier, reference, labels)
     assert abs(accuracy(classifier, image_only, labels) - accuracy(classifier, reference, labels)) <= 0.05
+
+
+def test_robust_mixup_attacks_interpolated_pairs_with_mixed_labels(flow_bundle, fmnist_test):
+    classifier = load_bundle(DEFAULT_BUNDLE).classifier().requires_grad_(False)
+    images, labels = fmnist_test.head(32).tensors()
+    adversarial, targets = robust_mixup_batch(classifier, flow_bundle.flow().requires_grad_(False), images, labels, 10,
+                                              eps=0.1, eta=0.1, steps=2, alpha=1.0, generator=torch.Generator().manual_seed(0))
+    assert adversarial.shape == images.shape and 0 <= float(adversarial.min()) and float(adversarial.max()) <= 1
+    assert torch.allclose(targets.sum(1), torch.ones(32)) and float(targets.max()) <= 1
+    assert int((targets > 0).sum(1).max()) == 2  # two classes mixed for some pairs
+    assert accuracy(classifier, adversarial, targets.argmax(1)) < accuracy(classifier, images, labels)
+
+
+def test_train_ijsat_writes_a_classifier_bundle(flow_bundle, tmp_path, capsys):
+    out = tmp_path / "ijsat"
+    main(["train", "ijsat", "--flow", str(flow_bundle.path), "--epochs", "1", "--limit", "256", "--attack-steps", "2", "--out", str(out)])
+    entry = load_bundle(out).manifest["classifier"]
+    assert entry["method"] == "ijsat" and entry["flow"] == flow_bundle.name and entry["eta"] == 0.1
