@@ -107,6 +107,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     head = report["headline"]
     print(f"{report['bundle']} ({head['model']}): clean {head['clean']:.2%}, L∞ 0.1 worst case {head['linf_0.1_worst_case']:.2%}, "
           f"L2 1.5 worst case {head['l2_1.5_worst_case']:.2%}, corruptions {head['corruption_mean']:.2%}"
+          + "".join(f", {key.replace('_worst_case', '')} worst case {value:.2%}" for key, value in head.items() if key.startswith("joint_"))
           + ("" if report["protocol"]["conformant"] else "  [not protocol-conformant]"))
     print(f"wrote {args.out / 'report.md'}, report.json and plots" + (f"; recorded in {args.bundle / 'bundle.json'}" if args.record else ""))
 
@@ -221,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--eot", type=int, help="EOT samples for stochastic models at the headline radii (default 20)")
     evaluate.add_argument("--autoattack", type=_names, help="threats AutoAttack runs on: linf (default), linf,l2 or none")
     evaluate.add_argument("--no-bpda", dest="bpda", action="store_false", help="skip the BPDA check")
+    evaluate.add_argument("--joint-flow", type=Path, help="flow bundle: also run IJSAT's joint-space attack in its latent space")
+    evaluate.add_argument("--joint-eps", type=float, help="joint-space attack: L∞ radius in image space (default 0.1)")
+    evaluate.add_argument("--joint-eta", type=float, help="joint-space attack: L∞ radius in the flow's latent space (default 0.1)")
     evaluate.add_argument("--record", action="store_true", default=False, help="write the headline figures into the bundle's bundle.json")
     evaluate.set_defaults(func=_evaluate)
 

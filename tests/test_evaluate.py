@@ -58,6 +58,15 @@ def test_rerun_resumes_without_redoing_work(report_dir):
             assert evaluation.results[key] == value  # nothing recomputed
 
 
+def test_runs_saved_before_an_option_existed_still_resume(report_dir):
+    partial = report_dir / "partial.json"
+    saved = json.loads(partial.read_text())
+    del saved["config"]["seed"]  # as if "seed" had been added after this run started (its value here is the default)
+    partial.write_text(json.dumps(saved))
+    evaluation = evaluate(DEFAULT_BUNDLE, report_dir, EvaluationConfig.quick_run(**TINY))
+    assert evaluation.results["clean"] == saved["results"]["clean"]
+
+
 def test_partial_results_of_other_options_are_refused(report_dir):
     with pytest.raises(PurifierError, match="other options"):
         evaluate(DEFAULT_BUNDLE, report_dir, EvaluationConfig.quick_run(**{**TINY, "images": 16}))

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -92,3 +94,18 @@ def test_train_ijsat_writes_a_classifier_bundle(flow_bundle, tmp_path, capsys):
     main(["train", "ijsat", "--flow", str(flow_bundle.path), "--epochs", "1", "--limit", "256", "--attack-steps", "2", "--out", str(out)])
     entry = load_bundle(out).manifest["classifier"]
     assert entry["method"] == "ijsat" and entry["flow"] == flow_bundle.name and entry["eta"] == 0.1
+
+
+def test_evaluate_runs_the_joint_space_threat(flow_bundle, tmp_path):
+    from training.evaluate import EvaluationConfig, evaluate
+    from training.report import write_report
+
+    config = EvaluationConfig.quick_run(images=8, clean_images=100, corruption_images=20, batch_size=8, joint_flow=flow_bundle.path,
+                                        autoattack=())
+    without = dataclasses.replace(config, joint_flow=None)
+    first = evaluate(DEFAULT_BUNDLE.parent / "fmnist-standard", tmp_path, without)
+    report = write_report(evaluate(DEFAULT_BUNDLE.parent / "fmnist-standard", tmp_path, config), tmp_path)  # adds the joint unit only
+    assert report["clean"] == first.results["clean"]
+    joint = report["headline"]["joint_0.1_worst_case"]
+    assert joint is not None and joint <= report["robust"]["classifier"]["linf"]["0.1"]["worst_case"] + 0.125
+    assert "joint ε 0.1 η 0.1 worst case" in (tmp_path / "report.md").read_text()

@@ -11,7 +11,8 @@ prediction on an (adversarial) image is one draw of its randomness from a fixed 
 served model makes.
 
 Work is split into units (model, attack, norm, ε) done batch by batch; every finished batch is
-saved to DIR/partial.json, and rerunning the same command continues from there.
+saved to DIR/partial.json, and rerunning the same command continues from there. Rerunning a
+finished evaluation with ``--joint-flow`` adds the joint-space threat without redoing the rest.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from purifier.bundle import Bundle, load_bundle
 from purifier.errors import PurifierError
 from purifier.fsutil import atomic_write_json
 from purifier.pipeline import Pipeline
-from training.attacks import BPDA, pgd
+from training.attacks import BPDA, joint_pgd, pgd
 from training.common import accuracy, dataset_kind, load_split
 from training.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from training.loop import progress
@@ -55,6 +56,9 @@ class EvaluationConfig:
     batch_size: int = 100
     seed: int = 0
     quick: bool = False
+    joint_flow: Path | None = None
+    joint_eps: float = 0.1
+    joint_eta: float = 0.1
 
     @classmethod
     def quick_run(cls, **overrides) -> "EvaluationConfig":
@@ -97,6 +101,8 @@ def plan(config: EvaluationConfig, models: list[str]) -> list[Unit]:
                     units.append(Unit(model, "autoattack", norm, eps))
                 if config.bpda and model == "pipeline":
                     units.append(Unit(model, "bpda", norm, eps))
+        if config.joint_flow is not None:
+            units.append(Unit(model, "joint_pgd", "joint", config.joint_eps))
     return units
 
 
@@ -122,10 +128,12 @@ def _autoattack(model: nn.Module, images, labels, unit: Unit, config: Evaluation
     return adversarial
 
 
-def _attack(model: nn.Module, images, labels, unit: Unit, config: EvaluationConfig, stochastic: bool, generator) -> torch.Tensor:
-    headline = unit.eps == HEADLINE[unit.norm]
+def _attack(model: nn.Module, images, labels, unit: Unit, config: EvaluationConfig, stochastic: bool, generator, flow=None) -> torch.Tensor:
+    headline = unit.norm == "joint" or unit.eps == HEADLINE[unit.norm]
     steps = config.steps if headline else config.curve_steps
     eot = (config.eot if headline else config.curve_eot) if stochastic else 1
+    if unit.attack == "joint_pgd":
+        return joint_pgd(model, flow, images, labels, unit.eps, config.joint_eta, steps=steps, eot=eot, generator=generator)
     if unit.attack == "pgd":
         return pgd(model, images, labels, unit.eps, steps=steps, norm=unit.norm, eot=eot, generator=generator)
     if unit.attack == "bpda":
@@ -146,14 +154,24 @@ class Evaluation:
     models: dict[str, nn.Module]
 
 
+# Options that only add the joint-space unit: a finished evaluation may be rerun with them to add it.
+_ADDITIVE = ("joint_flow", "joint_eps", "joint_eta")
+
+
+def _options(config: EvaluationConfig) -> dict:
+    return {k: v for k, v in json.loads(json.dumps(asdict(config), default=str)).items() if k not in _ADDITIVE}
+
+
 class _Partial:
     """DIR/partial.json: finished work, the options and bundle it belongs to, and wall time so far."""
 
     def __init__(self, path: Path, bundle: Bundle, config: EvaluationConfig) -> None:
-        self.path, self.identity = path, {"bundle": str(bundle.path.resolve()), "config": json.loads(json.dumps(asdict(config)))}
+        self.path, self.identity = path, {"bundle": str(bundle.path.resolve()), "config": _options(config)}
         self.results: dict = {"wall_time_s": 0.0}
         if path.exists():
             saved = json.loads(path.read_text())
+            # Options added after a run started count as their defaults (so older runs still resume).
+            saved["config"] = {**_options(EvaluationConfig()), **{k: v for k, v in saved.get("config", {}).items() if k not in _ADDITIVE}}
             if {k: saved.get(k) for k in self.identity} != self.identity:
                 raise PurifierError(f"{path} belongs to another bundle or other options; use another --out or delete it")
             self.results = saved["results"]
@@ -175,6 +193,7 @@ def evaluate(bundle_path: Path, out: Path, config: EvaluationConfig, data_dir: P
     partial = _Partial(out / "partial.json", bundle, config)
     results = partial.results
     models = _models(bundle, config.seed)
+    flow = load_bundle(config.joint_flow).flow().requires_grad_(False) if config.joint_flow is not None else None
     stochastic = {name: isinstance(model, Pipeline) and model.is_stochastic for name, model in models.items()}
     _, all_images, all_labels = load_split(dataset_kind(bundle), data_dir, "test")
 
@@ -187,6 +206,10 @@ def evaluate(bundle_path: Path, out: Path, config: EvaluationConfig, data_dir: P
     units = plan(config, list(models))
     for position, unit in enumerate(units):
         record = results.setdefault(unit.key, {"correct": [], "attacked": 0, "seconds": 0.0})
+        if unit.norm == "joint":
+            settings = {"flow": str(Path(config.joint_flow).resolve()), "eta": config.joint_eta}
+            if record.setdefault("settings", settings) != settings:
+                raise PurifierError(f"{out / 'partial.json'} holds joint-space results of another flow or η; use another --out")
         earlier = [results[u.key]["correct"] for u in units[:position] if (u.model, u.norm, u.eps) == (unit.model, unit.norm, unit.eps)]
         todo = list(range(len(record["correct"]), len(labels), config.batch_size))
         for start in [] if not todo else progress(todo, len(todo), f"{unit.model} {unit.attack} {unit.norm} eps={unit.eps:g}"):
@@ -196,7 +219,7 @@ def evaluate(bundle_path: Path, out: Path, config: EvaluationConfig, data_dir: P
             alive = torch.tensor([all(outcome[i] for outcome in earlier) for i in range(start, start + len(y))], dtype=torch.bool)
             correct = torch.zeros(len(y), dtype=torch.bool)
             if alive.any():
-                adversarial = _attack(models[unit.model], x[alive], y[alive], unit, config, stochastic[unit.model], generator)
+                adversarial = _attack(models[unit.model], x[alive], y[alive], unit, config, stochastic[unit.model], generator, flow)
                 correct[alive] = _predict(models[unit.model], adversarial, config.seed) == y[alive]
             record["correct"] += correct.tolist()
             record["attacked"] += int(alive.sum())

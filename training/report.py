@@ -4,6 +4,7 @@ headline figures in the bundle's bundle.json."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 from dataclasses import asdict
@@ -60,18 +61,31 @@ def protocol(evaluation: Evaluation) -> dict:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
     return {
-        **asdict(config), "robust_images": len(evaluation.labels), "conformant": conformant,
+        **json.loads(json.dumps(asdict(config), default=str)), "robust_images": len(evaluation.labels), "conformant": conformant,
         "prediction": "one draw of the transform from the seed", "packages": versions,
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.system()}",
     }
 
 
+def _headline_threats(config) -> list[tuple[str, float, str]]:
+    """(norm, ε, column title) of the threats in the headline: L∞ 0.1, L2 1.5, and the joint space when evaluated."""
+    threats = [("linf", HEADLINE["linf"], "L∞ 0.1"), ("l2", HEADLINE["l2"], "L2 1.5")]
+    if config.joint_flow is not None:
+        threats.append(("joint", config.joint_eps, f"joint ε {config.joint_eps:g} η {config.joint_eta:g}"))
+    return threats
+
+
+def _worst_case(robust: dict, model: str, norm: str, eps: float):
+    return robust[model].get(norm, {}).get(f"{eps:g}", {}).get("worst_case")
+
+
 def headline(evaluation: Evaluation, robust: dict, corruptions: dict) -> dict:
-    """Clean, worst-case L∞ 0.1, worst-case L2 1.5 and corruption mean of the defended model."""
+    """Clean, worst-case L∞ 0.1, worst-case L2 1.5 (and joint-space, when run) and corruption mean of the defended model."""
     model = "pipeline" if "pipeline" in evaluation.models else "classifier"
-    pick = lambda norm: robust[model].get(norm, {}).get(f"{HEADLINE[norm]:g}", {}).get("worst_case")  # noqa: E731
-    return {"model": model, "clean": evaluation.results["clean"][model], "linf_0.1_worst_case": pick("linf"),
-            "l2_1.5_worst_case": pick("l2"), "corruption_mean": corruptions[model]["mean"]}
+    head = {"model": model, "clean": evaluation.results["clean"][model]}
+    for norm, eps, _ in _headline_threats(evaluation.config):
+        head[f"{norm}_{eps:g}_worst_case"] = _worst_case(robust, model, norm, eps)
+    return {**head, "corruption_mean": corruptions[model]["mean"]}
 
 
 def _markdown(evaluation: Evaluation, robust: dict, corruptions: dict, head: dict, proto: dict) -> str:
@@ -83,10 +97,12 @@ def _markdown(evaluation: Evaluation, robust: dict, corruptions: dict, head: dic
         f"Clean accuracy on {results['clean']['images']} test images; robust accuracy on the first {proto['robust_images']} "
         f"(PGD {evaluation.config.steps} steps, EOT {evaluation.config.eot} for stochastic models, at the headline radii); "
         f"corruptions on the first {results['corruptions']['images']}. Wall time {results['wall_time_s'] / 60:.1f} min.", "",
-        "| model | clean | L∞ 0.1 worst case | L2 1.5 worst case | corruptions mean |", "|---|---|---|---|---|",
     ]
+    threats = _headline_threats(evaluation.config)
+    lines += ["| model | clean | " + " | ".join(f"{title} worst case" for *_, title in threats) + " | corruptions mean |",
+              "|---|---|" + "---|" * len(threats) + "---|"]
     for model in evaluation.models:
-        cells = [robust[model].get(norm, {}).get(f"{HEADLINE[norm]:g}", {}).get("worst_case") for norm in ("linf", "l2")]
+        cells = [_worst_case(robust, model, norm, eps) for norm, eps, _ in threats]
         lines.append(f"| {model} | {results['clean'][model]:.2%} | " + " | ".join("—" if c is None else f"{c:.2%}" for c in cells)
                      + f" | {corruptions[model]['mean']:.2%} |")
     lines += ["", "## Robust accuracy after each attack", "",

@@ -2,8 +2,8 @@
 
     python -m training.results_table reports/fmnist-standard reports/fmnist-pgd-at ...
 
-For each report: its headline figures (clean, per-image worst case at L∞ 0.1 and L2 1.5,
-corruption mean), whether it followed the protocol, the evaluation's wall time, the bundle's
+For each report: its headline figures (clean, per-image worst case at L∞ 0.1, L2 1.5 and, when
+it was run, the joint-space threat; corruption mean), whether it followed the protocol, the evaluation's wall time, the bundle's
 training wall time (all stages, from bundle.json), and the inference cost per image of the
 defended model, measured here side by side for every row (PyTorch eager, batches of 100,
 mean over the transform's randomness as served).
@@ -43,7 +43,8 @@ def row(report_dir: Path) -> dict:
     head = report["headline"]
     return {
         "bundle": report["bundle"], "model": head["model"], "clean": head["clean"], "linf": head["linf_0.1_worst_case"],
-        "l2": head["l2_1.5_worst_case"], "corruptions": head["corruption_mean"], "conformant": report["protocol"]["conformant"],
+        "l2": head["l2_1.5_worst_case"], "joint": next((v for k, v in head.items() if k.startswith("joint_")), None),
+        "corruptions": head["corruption_mean"], "conformant": report["protocol"]["conformant"],
         "robust_images": report["protocol"]["robust_images"], "evaluation_min": report["wall_time_s"] / 60,
         "training_min": sum(record["wall_time_s"] for record in manifest["training"]) / 60,
         "inference_ms": inference_ms_per_image(bundle_path),
@@ -52,12 +53,14 @@ def row(report_dir: Path) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| bundle | clean | L∞ 0.1 worst case | L2 1.5 worst case | corruptions mean | training (min) | inference (ms/image) | evaluation (min) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| bundle | clean | L∞ 0.1 worst case | L2 1.5 worst case | joint space worst case | corruptions mean | training (min) "
+        "| inference (ms/image) | evaluation (min) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         flag = "" if r["conformant"] else " (not conformant)"
-        lines.append(f"| `{r['bundle']}`{flag} | {r['clean']:.2%} | {r['linf']:.2%} | {r['l2']:.2%} | {r['corruptions']:.2%} "
+        joint = "—" if r["joint"] is None else f"{r['joint']:.2%}"
+        lines.append(f"| `{r['bundle']}`{flag} | {r['clean']:.2%} | {r['linf']:.2%} | {r['l2']:.2%} | {joint} | {r['corruptions']:.2%} "
                      f"| {r['training_min']:.0f} | {r['inference_ms']:.3f} | {r['evaluation_min']:.0f} |")
     return "\n".join(lines)
 
