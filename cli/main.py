@@ -83,6 +83,13 @@ def _train(args: argparse.Namespace) -> None:
     print(f"wrote bundle {bundle.path}")
 
 
+def _quantize(args: argparse.Namespace) -> None:
+    from export.quantize import quantize_bundle
+
+    quantize_bundle(args.bundle, args.calibration_images, args.robust_images, args.steps, args.eot)
+    print(f"wrote INT8 graphs into {args.bundle / 'onnx'}; serve them with --runtime onnxruntime-int8")
+
+
 def _compose(args: argparse.Namespace) -> None:
     from purifier.bundle import compose_bundle
 
@@ -207,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed between ONNX Runtime and PyTorch")
     export.add_argument("--seed", type=int, default=0)
     export.set_defaults(func=_export)
+
+    quantize = commands.add_parser("quantize", help="static INT8 ONNX graphs, with float-vs-INT8 clean and robust accuracy")
+    quantize.add_argument("bundle", type=Path)
+    quantize.add_argument("--calibration-images", type=int, default=512, help="training images for calibration (default 512)")
+    quantize.add_argument("--robust-images", type=int, default=500, help="test images attacked for the robust comparison (default 500)")
+    quantize.add_argument("--steps", type=int, default=100, help="PGD steps of the transferred L∞ 0.1 attack (default 100)")
+    quantize.add_argument("--eot", type=int, default=20, help="EOT samples of that attack for a stochastic pipeline (default 20)")
+    quantize.set_defaults(func=_quantize)
 
     evaluate = commands.add_parser("evaluate", help="robustness evaluation under the protocol of DESIGN.md", argument_default=argparse.SUPPRESS)
     evaluate.add_argument("bundle", type=Path)

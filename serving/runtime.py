@@ -39,13 +39,15 @@ class OnnxRuntime(Runtime):
 
     name = "onnxruntime"
     provider = "CPUExecutionProvider"
+    export = "onnx"  # which exports entry of bundle.json holds the graphs
 
     def __init__(self, bundle: Bundle, threads: int = 0) -> None:
         import onnxruntime
 
-        graphs = (bundle.manifest.get("exports") or {}).get("onnx", {}).get("graphs", {})
+        graphs = (bundle.manifest.get("exports") or {}).get(self.export, {}).get("graphs", {})
         if "pipeline" not in graphs or "classifier" not in graphs:
-            raise PurifierError(f"bundle {bundle.path} has no ONNX export; run 'purifier export {bundle.path}' first")
+            command = "export" if self.export == "onnx" else "quantize"
+            raise PurifierError(f"bundle {bundle.path} has no {self.export} graphs; run 'purifier {command} {bundle.path}' first")
         if self.provider not in onnxruntime.get_available_providers():
             raise PurifierError(f"runtime {self.name} needs ONNX Runtime's {self.provider}, which this installation lacks "
                                 f"(available: {', '.join(onnxruntime.get_available_providers())}); install onnxruntime-gpu or use --runtime onnxruntime")
@@ -78,6 +80,13 @@ class OnnxRuntime(Runtime):
         return self._classifier.run(None, {"image": image})[0]
 
 
+class OnnxInt8Runtime(OnnxRuntime):
+    """The INT8 graphs of ``purifier quantize`` (static, calibrated) in ONNX Runtime on the CPU."""
+
+    name = "onnxruntime-int8"
+    export = "onnx_int8"
+
+
 class OnnxCudaRuntime(OnnxRuntime):
     name = "onnxruntime-cuda"
     provider = "CUDAExecutionProvider"
@@ -105,7 +114,9 @@ class TorchRuntime(Runtime):
         return self._model.classifier(torch.from_numpy(image)).numpy()
 
 
-RUNTIMES: dict[str, type[Runtime]] = {"onnxruntime": OnnxRuntime, "onnxruntime-cuda": OnnxCudaRuntime, "torch": TorchRuntime}
+RUNTIMES: dict[str, type[Runtime]] = {
+    "onnxruntime": OnnxRuntime, "onnxruntime-int8": OnnxInt8Runtime, "onnxruntime-cuda": OnnxCudaRuntime, "torch": TorchRuntime,
+}
 
 
 def create_runtime(bundle: Bundle, name: str = "onnxruntime", threads: int = 0) -> Runtime:
