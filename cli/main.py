@@ -98,6 +98,11 @@ def _compose(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    if args.tensorrt:
+        from export.tensorrt import build_bundle_engines
+
+        build_bundle_engines(args.bundle, args.tensorrt)
+        return
     from export.onnx import export_bundle
 
     export_bundle(args.bundle, tolerance=args.tolerance, seed=args.seed)
@@ -213,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("bundle", type=Path)
     export.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed between ONNX Runtime and PyTorch")
     export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--tensorrt", choices=("fp16", "int8"), help="build TensorRT engines from the ONNX graphs (NVIDIA GPU with TensorRT only)")
     export.set_defaults(func=_export)
 
     quantize = commands.add_parser("quantize", help="static INT8 ONNX graphs, with float-vs-INT8 clean and robust accuracy")
@@ -251,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the model to load")
     serve.add_argument("--seed", type=int, help="seed the random transform, for reproducible debugging only (default: OS entropy; a known seed lets an attacker predict the masks)")
     serve.add_argument("--runtime", default=os.environ.get("PURIFIER_RUNTIME", "onnxruntime"),
-                       help="engine: onnxruntime (CPU, default; env PURIFIER_RUNTIME), onnxruntime-cuda (NVIDIA GPU, needs onnxruntime-gpu) or torch")
+                       help="engine: onnxruntime (CPU, default; env PURIFIER_RUNTIME), onnxruntime-int8 (after 'purifier quantize'), "
+                            "onnxruntime-cuda (NVIDIA GPU, needs onnxruntime-gpu), tensorrt-fp16 / tensorrt-int8 (after 'purifier export --tensorrt'), or torch")
     serve.add_argument("--batch-size", type=int, default=32, help="dynamic batching: most requests handled in one batch (default 32)")
     serve.add_argument("--max-batch-delay", type=int, default=1, help="dynamic batching: most milliseconds a request waits for others (default 1)")
     serve.add_argument("--stop", action="store_true", help="stop the running server")

@@ -41,7 +41,7 @@ class _Feeds(CalibrationDataReader):
         return next(self._feeds, None)
 
 
-def _calibration_feeds(bundle: Bundle, images: np.ndarray, batch: int = 64) -> dict[str, list[dict[str, np.ndarray]]]:
+def calibration_feeds(bundle: Bundle, images: np.ndarray, batch: int = 64) -> dict[str, list[dict[str, np.ndarray]]]:
     """Per graph, the input batches: transformed training images, and raw + purified ones for the classifier."""
     pipeline, rng = bundle.pipeline(seed=0), np.random.default_rng(0)
     feeds: dict[str, list] = {"pipeline": [], "purifier": [], "classifier": []}
@@ -78,7 +78,7 @@ def quantize_bundle(bundle_path: Path, calibration_images: int = 512, robust_ima
         raise PurifierError(f"bundle {bundle.path} has no ONNX export; run 'purifier export {bundle.path}' first")
     train = load_dataset(dataset_kind(bundle), "train").head(calibration_images)
     train_images = train.tensors()[0].numpy()
-    feeds = _calibration_feeds(bundle, train_images)
+    feeds = calibration_feeds(bundle, train_images)
     records = {}
     with tempfile.TemporaryDirectory(dir=bundle.path / "onnx") as scratch:
         for stage, record in graphs.items():

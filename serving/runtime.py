@@ -92,6 +92,72 @@ class OnnxCudaRuntime(OnnxRuntime):
     provider = "CUDAExecutionProvider"
 
 
+def import_tensorrt():
+    """The tensorrt module, on a machine with a CUDA GPU, or a PurifierError that says what is missing."""
+    try:
+        import tensorrt
+    except ImportError:
+        raise PurifierError("TensorRT is not installed (pip install tensorrt on a machine with an NVIDIA GPU and driver); "
+                            "use --runtime onnxruntime or onnxruntime-cuda instead") from None
+    if not torch.cuda.is_available():
+        raise PurifierError("TensorRT needs an NVIDIA GPU, and PyTorch sees none here; use --runtime onnxruntime")
+    return tensorrt
+
+
+class TensorRTRuntime(Runtime):
+    """The engines of ``purifier export --tensorrt PRECISION`` on an NVIDIA GPU; I/O buffers are torch CUDA tensors.
+
+    Written against TensorRT 10's documented Python API and never run: this project's machine
+    has neither a GPU nor TensorRT's runtime libraries.
+    """
+
+    name, precision = "tensorrt-fp16", "fp16"
+
+    def __init__(self, bundle: Bundle, threads: int = 0) -> None:
+        trt = import_tensorrt()
+        graphs = (bundle.manifest.get("exports") or {}).get(f"tensorrt_{self.precision}", {}).get("graphs")
+        if not graphs:
+            raise PurifierError(f"bundle {bundle.path} has no {self.precision} TensorRT engines; run 'purifier export {bundle.path} --tensorrt {self.precision}'")
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._input_mode = trt.TensorIOMode.INPUT
+        self._engines = {stage: runtime.deserialize_cuda_engine(bundle.file(record["file"]).read_bytes()) for stage, record in graphs.items()}
+        self._contexts = {stage: engine.create_execution_context() for stage, engine in self._engines.items()}
+
+    def _run(self, stage: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        engine, context = self._engines[stage], self._contexts[stage]
+        names = [engine.get_tensor_name(index) for index in range(engine.num_io_tensors)]
+        buffers, outputs = {}, []
+        for name in names:
+            if engine.get_tensor_mode(name) == self._input_mode:
+                buffers[name] = torch.from_numpy(feeds[name]).cuda().contiguous()
+                context.set_input_shape(name, tuple(buffers[name].shape))
+        for name in names:
+            if name not in buffers:
+                buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=torch.float32, device="cuda")
+                outputs.append(name)
+            context.set_tensor_address(name, buffers[name].data_ptr())
+        stream = torch.cuda.current_stream()
+        context.execute_async_v3(stream.cuda_stream)
+        stream.synchronize()
+        return [buffers[name].cpu().numpy() for name in outputs]
+
+    def purify(self, image, mask, noise):
+        if "purifier" not in self._engines:
+            return image
+        return self._run("purifier", {"image": image, "mask": mask, "noise": noise})[0]
+
+    def classifier(self, image):
+        return self._run("classifier", {"image": image})[0]
+
+    def pipeline(self, image, mask, noise):
+        logits, purified = self._run("pipeline", {"image": image, "mask": mask, "noise": noise})
+        return logits, purified
+
+
+class TensorRTInt8Runtime(TensorRTRuntime):
+    name, precision = "tensorrt-int8", "int8"
+
+
 class TorchRuntime(Runtime):
     name = "torch"
 
@@ -115,7 +181,8 @@ class TorchRuntime(Runtime):
 
 
 RUNTIMES: dict[str, type[Runtime]] = {
-    "onnxruntime": OnnxRuntime, "onnxruntime-int8": OnnxInt8Runtime, "onnxruntime-cuda": OnnxCudaRuntime, "torch": TorchRuntime,
+    "onnxruntime": OnnxRuntime, "onnxruntime-int8": OnnxInt8Runtime, "onnxruntime-cuda": OnnxCudaRuntime,
+    "tensorrt-fp16": TensorRTRuntime, "tensorrt-int8": TensorRTInt8Runtime, "torch": TorchRuntime,
 }
 
 

@@ -1,0 +1,49 @@
+"""Asking for an engine that cannot run gives a clear error, never a silent fallback."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import onnxruntime
+import pytest
+
+from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+from purifier.errors import PurifierError
+from serving.runtime import RUNTIMES, create_runtime
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle(DEFAULT_BUNDLE)
+
+
+def test_unknown_runtime_lists_the_known_ones(bundle):
+    with pytest.raises(PurifierError, match="available: onnxruntime"):
+        create_runtime(bundle, "tensorflow")
+
+
+def test_int8_runtime_without_quantized_graphs_says_how_to_make_them(bundle):
+    with pytest.raises(PurifierError, match="purifier quantize"):
+        create_runtime(bundle, "onnxruntime-int8")
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in onnxruntime.get_available_providers(), reason="this ONNX Runtime has CUDA")
+def test_cuda_runtime_without_the_cuda_provider_is_refused(bundle):
+    with pytest.raises(PurifierError, match="CUDAExecutionProvider"):
+        create_runtime(bundle, "onnxruntime-cuda")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+@pytest.mark.parametrize("name", ["tensorrt-fp16", "tensorrt-int8"])
+def test_tensorrt_without_tensorrt_is_refused(bundle, name):
+    with pytest.raises(PurifierError, match="TensorRT is not installed"):
+        create_runtime(bundle, name)
+
+
+def test_every_runtime_name_is_documented():
+    from cli.main import build_parser
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    help_text = "".join(serve.format_help().split())  # argparse wraps lines, also at hyphens
+    for name in RUNTIMES:
+        assert name in help_text, f"'purifier serve --help' does not mention runtime {name}"
