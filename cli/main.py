@@ -142,7 +142,10 @@ def _serve(args: argparse.Namespace) -> None:
 def _purify(args: argparse.Namespace) -> None:
     from serving.batch import purify_folder
 
-    summary = purify_folder(args.src, args.dst, bundle=args.bundle, batch_size=args.batch_size, seed=args.seed)
+    if (args.src is None) == (args.dataset is None):
+        raise PurifierError("pass either a source folder or --dataset NAME (with --split), not both or neither")
+    summary = purify_folder(args.src, args.dst, bundle=args.bundle, batch_size=args.batch_size, seed=args.seed, runtime=args.runtime,
+                            fmt=args.format, dataset=args.dataset, split=args.split, data_dir=args.data_dir, limit=args.limit)
     print(summary.describe())
     if summary.failed:
         sys.exit(1)
@@ -265,12 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--status", action="store_true", help="exit 0 if the served model is loaded and ready, else 2")
     serve.set_defaults(func=_serve)
 
-    purify = commands.add_parser("purify", help="purify a folder of images into DST with predictions")
-    purify.add_argument("src", type=Path)
+    purify = commands.add_parser("purify", help="purify a folder of images (or a data set split) into DST with predictions; resumable, torchrun-able")
+    purify.add_argument("src", type=Path, nargs="?", help="folder of images (omit with --dataset)")
     purify.add_argument("dst", type=Path)
+    purify.add_argument("--dataset", choices=DATASETS, help="purify a data set split instead of a folder")
+    purify.add_argument("--split", default="test", help="data set split (default test)")
+    purify.add_argument("--data-dir", type=Path, help="data set location (default for Fashion-MNIST: Debian's package)")
+    purify.add_argument("--limit", type=int, help="only the first N images of the data set split")
+    purify.add_argument("--format", choices=("png", "npz"), default="png", help="a PNG tree (default) or .npz shards")
     purify.add_argument("--bundle", type=Path, help="bundle directory (default: the bundled Fashion-MNIST model)")
-    purify.add_argument("--batch-size", type=int, default=64)
-    purify.add_argument("--seed", type=int, default=0, help="seed of the random transform")
+    purify.add_argument("--runtime", default="onnxruntime", help="engine, as for 'purifier serve' (default onnxruntime)")
+    purify.add_argument("--batch-size", type=int, default=256, help="images per shard: the unit of batching, resuming and distribution")
+    purify.add_argument("--seed", type=int, default=0, help="seed of the random transform (shard k draws from (seed, k))")
     purify.set_defaults(func=_purify)
     return parser
 

@@ -66,24 +66,25 @@ class PurificationService:
             raise ImageDecodeError(f"expected raw image bytes, got {type(data).__name__}: send the image file as the request body")
         return decode_image(bytes(data), self.bundle.input_shape)
 
-    def _purify(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(float NCHW images, float NCHW purified images) for uint8 NHWC images; fresh transform draws per image."""
+    def _purify(self, images: np.ndarray, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(float NCHW images, float NCHW purified images) for uint8 NHWC images; fresh transform draws per image
+        from ``rng`` (default: the service's own stream)."""
         batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
-        mask, noise = self.bundle.transform.sample(len(batch), self.bundle.input_shape, self.rng)
+        mask, noise = self.bundle.transform.sample(len(batch), self.bundle.input_shape, rng or self.rng)
         return batch, self.runtime.purify(batch, mask, noise)
 
     def purify(self, images: np.ndarray) -> np.ndarray:
         """Purified uint8 images (N, H, W, C) for uint8 images (N, H, W, C), no classification."""
         return to_uint8(self._purify(images)[1])
 
-    def run(self, images: np.ndarray) -> Outcome:
+    def run(self, images: np.ndarray, rng: np.random.Generator | None = None) -> Outcome:
         """Predictions, purified uint8 images (N, H, W, C) and stage timings for uint8 images (N, H, W, C).
 
         The classifier sees the purified and the original images in one batch, so the
         prediction without purification (purification_changed_prediction) costs no extra call.
         """
         began = time.perf_counter()
-        batch, purified = self._purify(images)
+        batch, purified = self._purify(images, rng)
         purified_at = time.perf_counter()
         if self.bundle.has_purifier:
             both = self.runtime.classifier(np.concatenate([purified, batch]))
