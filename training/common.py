@@ -15,6 +15,7 @@ from torch import nn
 from purifier.bundle import Bundle, load_bundle, write_bundle
 from purifier.data import ImageDataset, load_dataset
 from purifier.errors import DataError
+from training import distributed
 from training.loop import TrainState
 
 @dataclass(kw_only=True)
@@ -116,10 +117,12 @@ def metric(value: float, **protocol: Any) -> dict[str, Any]:
 
 
 def publish(out: Path, manifest: dict[str, Any], models: dict[str, nn.Module]) -> Bundle:
-    """Write the finished bundle, then drop the run's checkpoint: the bundle is the result."""
-    bundle = write_bundle(out, manifest, models)
-    shutil.rmtree(checkpoint_dir_for(out), ignore_errors=True)
-    return bundle
+    """Write the finished bundle, then drop the run's checkpoint: the bundle is the result (rank 0 under torchrun)."""
+    if distributed.is_main():
+        write_bundle(out, manifest, models)
+        shutil.rmtree(checkpoint_dir_for(out), ignore_errors=True)
+    distributed.barrier()
+    return load_bundle(out)
 
 
 def seed_everything(seed: int) -> None:

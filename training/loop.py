@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from training import distributed
 from training.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -47,17 +48,26 @@ class TrainState:
 
 
 def batches(count: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:
-    """Index batches of a permutation that depends only on (seed, epoch), so resumes replay exactly."""
+    """Index batches of a permutation that depends only on (seed, epoch), so resumes replay exactly.
+
+    Under torchrun, rank r gets every W-th index of each global batch (a final global batch too
+    small to give every rank an image is dropped, so all ranks take the same number of steps).
+    """
+    rank, size = distributed.world()
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(count, generator=generator)
     for start in range(0, count, batch_size):
-        yield order[start:start + batch_size]
+        batch = order[start:start + batch_size]
+        if size > 1 and len(batch) < size:
+            return
+        yield batch[rank::size]
 
 
 def progress(iterable, total: int, description: str):
     """A tqdm bar on stderr; sparse updates when stderr is not a terminal (CI logs)."""
     interactive = sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=description, file=sys.stderr, mininterval=0.2 if interactive else 30.0, leave=interactive, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=description, file=sys.stderr, mininterval=0.2 if interactive else 30.0, leave=interactive,
+                dynamic_ncols=True, disable=not distributed.is_main())
 
 
 def run_epochs(
@@ -76,22 +86,28 @@ def run_epochs(
     checkpoint_dir = Path(checkpoint_dir)
     if restart and checkpoint_dir.exists():
         shutil.rmtree(checkpoint_dir)
+    main = distributed.is_main()
     saved = load_checkpoint(checkpoint_dir, fingerprint)
     if saved is not None:
         state.load_state_dict(saved)
-        print(f"resuming from {checkpoint_dir} after epoch {state.epoch}/{epochs}", file=sys.stderr)
+        if main:
+            print(f"resuming from {checkpoint_dir} after epoch {state.epoch}/{epochs}", file=sys.stderr)
+    distributed.attach(state.modules, state.optimizers)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     while state.epoch < epochs:
         started = time.perf_counter()
         for module in state.modules.values():
             module.train()
         metrics = train_epoch(state.epoch)
+        distributed.synchronize(state.modules)
         state.elapsed_s += time.perf_counter() - started
         state.epoch += 1
         state.history.append({"epoch": state.epoch, **{k: round(v, 5) for k, v in metrics.items()}})
-        save_checkpoint(checkpoint_dir, state.state_dict(fingerprint))
-        summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        print(f"epoch {state.epoch}/{epochs}: {summary} ({state.elapsed_s:.0f}s so far)", file=sys.stderr)
+        if main:
+            save_checkpoint(checkpoint_dir, state.state_dict(fingerprint))
+            summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            print(f"epoch {state.epoch}/{epochs}: {summary} ({state.elapsed_s:.0f}s so far)", file=sys.stderr)
+        distributed.barrier()
     for module in state.modules.values():
         module.eval()
     return state
