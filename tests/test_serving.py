@@ -127,6 +127,19 @@ def test_bad_inputs_get_400s_with_reasons_and_the_worker_keeps_serving(server, f
     assert requests.post(server["url"], data=encode_png(fmnist_test.images[0]), headers=server["headers"], timeout=30).status_code == 200
 
 
+def test_bad_items_in_a_batch_do_not_spoil_the_good_ones(server, fmnist_test):
+    """Good and bad images sent together land in shared batches: each gets its own answer."""
+    good = encode_png(fmnist_test.images[0])
+
+    def post(index: int) -> int:
+        body = good if index % 2 else b"not an image at all"
+        return requests.post(server["url"], data=body, headers=server["headers"], timeout=60).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(post, range(64)))
+    assert statuses == [400 if index % 2 == 0 else 200 for index in range(64)]
+
+
 def test_prometheus_metrics_are_scraped(server):
     text = requests.get(f"http://127.0.0.1:{PORT + 2}/metrics", timeout=30).text
     for name in ("PurifierStageLatency", "PurifierBatchSize", "PurifierImages", "PurifierRejectedInputs", "PurifierModelInfo"):
