@@ -4,7 +4,7 @@ In one run: the float32 matrix-multiply peak of this machine (PyTorch, 2048² ma
 several), the FLOPs per image of the bundle's fused pipeline graph (counted from the ONNX graph:
 2·MACs of every Conv and Gemm), and images/s of the pipeline (random transform drawn per
 image) in PyTorch eager, ONNX Runtime with the project's settings, ONNX Runtime variants (one
-thread; threads spinning when idle; basic graph optimisation only) and, with ``--int8``, the
+thread; threads spinning when idle; basic graph optimisation only; I/O binding) and, with ``--int8``, the
 INT8 graphs of ``purifier quantize`` made in a temporary copy. Achieved GFLOP/s and the
 fraction of the matmul peak follow. Prints a table, writes JSON.
 
@@ -76,6 +76,20 @@ class _Variant(OnnxRuntime):
         self._pipeline = onnxruntime.InferenceSession(str(bundle.file(graphs["pipeline"]["file"])), options, providers=["CPUExecutionProvider"])
 
 
+class _IoBound(_Variant):
+    """The project's settings, run through an I/O binding (inputs bound in place, outputs allocated by ONNX Runtime)."""
+
+    def pipeline(self, image, mask, noise):
+        binding = self._pipeline.io_binding()
+        for name, value in (("image", image), ("mask", mask), ("noise", noise)):
+            binding.bind_cpu_input(name, value)
+        for output in ("logits", "purified"):
+            binding.bind_output(output)
+        self._pipeline.run_with_iobinding(binding)
+        logits, purified = binding.copy_outputs_to_cpu()
+        return logits, purified
+
+
 def images_per_s(runtime, bundle, batch: int, seconds: float = 1.5) -> float:
     rng = np.random.default_rng(0)
     image = rng.random((batch, *bundle.input_shape), dtype=np.float32)
@@ -103,6 +117,7 @@ def main() -> None:
         "onnxruntime, 1 thread": _Variant(bundle, threads=1),
         "onnxruntime, spinning threads": _Variant(bundle, spinning=True),
         "onnxruntime, basic graph optimisation": _Variant(bundle, level=onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC),
+        "onnxruntime, I/O binding": _IoBound(bundle),
     }
     scratch = None
     if args.int8:
