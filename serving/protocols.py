@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from purifier.errors import ImageDecodeError, RequestFormatError
 from purifier.images import decode_image, encode_png
 
-V2_DATATYPES = {"UINT8": np.uint8, "FP32": np.float32}
+V2_DATATYPES = ("UINT8", "FP32")  # besides BYTES (encoded image files)
 OPTION = "return_purified"
 MAX_IMAGES_PER_REQUEST = 256
 
@@ -40,7 +40,6 @@ class Request:
     protocol: str  # "raw" | "json" | "v2"
     return_purified: bool = False
     request_id: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _flag(value) -> bool:
@@ -121,8 +120,7 @@ def parse_request(item: dict, shape: tuple[int, int, int]) -> Request:
             raise RequestFormatError("a v2 request needs exactly one input tensor in \"inputs\"", "bad_tensor")
         parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
         request_id = body.get("id") if isinstance(body.get("id"), str) else None
-        return Request(_stack(_v2_tensor(inputs[0], shape)), "v2", return_purified or _flag(parameters.get(OPTION)), request_id,
-                       {"input_name": inputs[0].get("name")})
+        return Request(_stack(_v2_tensor(inputs[0], shape)), "v2", return_purified or _flag(parameters.get(OPTION)), request_id)
     if "image" not in body:
         raise RequestFormatError("a JSON request needs \"image\" (base64 image file) or v2 \"inputs\"", "bad_json")
     return Request(_stack([decode_image(_b64(body["image"], "\"image\""), shape)]), "json", return_purified or _flag(body.get(OPTION)))
