@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime
 import torch
 
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
@@ -64,19 +63,7 @@ def graph_flops_per_image(path: Path) -> float:
     return float(flops)
 
 
-class _Variant(OnnxRuntime):
-    """ONNX Runtime with one setting changed, to measure what the project's settings buy."""
-
-    def __init__(self, bundle, threads: int = 0, spinning: bool = False, level=onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL) -> None:
-        graphs = bundle.manifest["exports"]["onnx"]["graphs"]
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.graph_optimization_level = level
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        self._pipeline = onnxruntime.InferenceSession(str(bundle.file(graphs["pipeline"]["file"])), options, providers=["CPUExecutionProvider"])
-
-
-class _IoBound(_Variant):
+class _IoBound(OnnxRuntime):
     """The project's settings, run through an I/O binding (inputs bound in place, outputs allocated by ONNX Runtime)."""
 
     def pipeline(self, image, mask, noise):
@@ -114,9 +101,9 @@ def main() -> None:
     runtimes = {
         "torch eager": TorchRuntime(bundle),
         "onnxruntime (project settings)": OnnxRuntime(bundle),
-        "onnxruntime, 1 thread": _Variant(bundle, threads=1),
-        "onnxruntime, spinning threads": _Variant(bundle, spinning=True),
-        "onnxruntime, basic graph optimisation": _Variant(bundle, level=onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC),
+        "onnxruntime, 1 thread": OnnxRuntime(bundle, threads=1),
+        "onnxruntime, spinning threads": OnnxRuntime(bundle, spinning=True),
+        "onnxruntime, basic graph optimisation": OnnxRuntime(bundle, basic_optimisation=True),
         "onnxruntime, I/O binding": _IoBound(bundle),
     }
     scratch = None

@@ -41,7 +41,8 @@ class OnnxRuntime(Runtime):
     provider = "CPUExecutionProvider"
     export = "onnx"  # which exports entry of bundle.json holds the graphs
 
-    def __init__(self, bundle: Bundle, threads: int = 0) -> None:
+    def __init__(self, bundle: Bundle, threads: int = 0, spinning: bool = False, basic_optimisation: bool = False) -> None:
+        """``spinning`` and ``basic_optimisation`` exist for benchmarks/runtimes.py, which measures what the defaults buy."""
         import onnxruntime
 
         graphs = (bundle.manifest.get("exports") or {}).get(self.export, {}).get("graphs", {})
@@ -53,13 +54,13 @@ class OnnxRuntime(Runtime):
                                 f"(available: {', '.join(onnxruntime.get_available_providers())}); install onnxruntime-gpu or use --runtime onnxruntime")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, "ORT_ENABLE_BASIC" if basic_optimisation else "ORT_ENABLE_ALL")
         # Idle intra-op threads sleep instead of spinning. On 2 cores shared with TorchServe's
         # frontend and clients, spinning burns the cores the other work needs: with it,
         # benchmarks/serve.py measured 855 instead of 1,367 images/s in process at batch 32 and
         # 341 instead of 487 through TorchServe. Alone on the machine, spinning is faster at
         # batch 1 (about 1,750 vs 1,150 images/s) and equal at batch 64.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
 
         def session(stage: str):
             return onnxruntime.InferenceSession(str(bundle.file(graphs[stage]["file"])), options, providers=[self.provider])

@@ -11,6 +11,9 @@ updated by the attack's forward passes) and the model is trained on them alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -25,13 +28,20 @@ def adversarial_batch(
     """The training inputs for ``method``: the clean batch, or its PGD / FGSM-RS adversarial version."""
     if method == "standard":
         return images
+    if method not in METHODS:
+        raise ValueError(f"unknown training method {method!r}; use one of {', '.join(METHODS)}")
+    with eval_mode(model):
+        if method == "pgd":
+            return pgd(model, images, labels, eps, steps=steps, generator=generator, keep_best=False)
+        return pgd(model, images, labels, eps, steps=1, step_size=1.25 * eps, generator=generator, keep_best=False)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Craft attacks with the model in eval mode (batch norm untouched), then restore its mode."""
     was_training = model.training
     model.eval()
-    if method == "pgd":
-        adversarial = pgd(model, images, labels, eps, steps=steps, generator=generator, keep_best=False)
-    elif method == "fgsm_rs":
-        adversarial = pgd(model, images, labels, eps, steps=1, step_size=1.25 * eps, generator=generator, keep_best=False)
-    else:
-        raise ValueError(f"unknown training method {method!r}; use one of {', '.join(METHODS)}")
-    model.train(was_training)
-    return adversarial
+    try:
+        yield
+    finally:
+        model.train(was_training)

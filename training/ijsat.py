@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from training.adversarial import eval_mode
 from training.attacks import joint_pgd
 
 
@@ -32,8 +33,6 @@ def robust_mixup_batch(
     mixed = lam.view(-1, 1, 1, 1) * images + (1 - lam.view(-1, 1, 1, 1)) * images[partner]
     one_hot = F.one_hot(labels, num_classes).float()
     targets = lam.view(-1, 1) * one_hot + (1 - lam.view(-1, 1)) * one_hot[partner]
-    was_training = model.training
-    model.eval()
-    adversarial = joint_pgd(model, flow, mixed, targets, eps, eta, steps=steps, generator=generator, keep_best=False)
-    model.train(was_training)
+    with eval_mode(model):
+        adversarial = joint_pgd(model, flow, mixed, targets, eps, eta, steps=steps, generator=generator, keep_best=False)
     return adversarial, targets
