@@ -15,6 +15,7 @@ pipeline (the protocol's attack, transferred). The figures go into bundle.json
 
 from __future__ import annotations
 
+import io
 import shutil
 import sys
 import tempfile
@@ -27,8 +28,10 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from purifier.bundle import Bundle, load_bundle, update_manifest
 from purifier.data import load_dataset
 from purifier.errors import PurifierError
+from purifier.fsutil import atomic_write_bytes
 from training.attacks import pgd
 from training.common import dataset_kind
+from training.loop import progress
 
 
 class _Feeds(CalibrationDataReader):
@@ -68,17 +71,35 @@ def _predictions(runtimes: dict, bundle: Bundle, images: np.ndarray) -> dict[str
     return {name: np.concatenate(values) for name, values in predictions.items()}
 
 
+def adversarial_batches(pipeline, cache: Path, images: np.ndarray, labels: np.ndarray, steps: int, eot: int) -> np.ndarray:
+    """L∞ 0.1 PGD examples against the float PyTorch pipeline (EOT over ``eot`` draws), in batches of 100.
+
+    Each batch is saved in ``cache`` as soon as it is crafted, so a killed run resumes at the next
+    batch; the directory is removed once all are done."""
+    batches = []
+    for start in progress(range(0, len(labels), 100), -(-len(labels) // 100), "INT8 check: L∞ 0.1 PGD batches"):
+        saved = cache / f"{start:06d}.npy"
+        if not saved.exists():
+            x, y = (torch.from_numpy(a[start:start + 100]) for a in (images, labels))
+            crafted = pgd(pipeline, x, y, 0.1, steps=steps, eot=eot, generator=torch.Generator().manual_seed(start)).numpy()
+            buffer = io.BytesIO()
+            np.save(buffer, crafted)
+            atomic_write_bytes(saved, buffer.getvalue())
+        batches.append(np.load(saved))
+    shutil.rmtree(cache)
+    return np.concatenate(batches)
+
+
 def _transferred_robustness(bundle: Bundle, runtimes: dict, images: np.ndarray, labels: np.ndarray, steps: int, eot: int) -> dict:
     """Float and INT8 accuracy on L∞ 0.1 PGD examples crafted against the float PyTorch pipeline."""
     pipeline = bundle.pipeline(seed=0)
     eot = eot if pipeline.is_stochastic else 1
-    x, y = torch.from_numpy(images), torch.from_numpy(labels)
-    adversarial = torch.cat([pgd(pipeline, x[s:s + 100], y[s:s + 100], 0.1, steps=steps, eot=eot, generator=torch.Generator().manual_seed(s))
-                             for s in range(0, len(y), 100)]).numpy()
+    cache = bundle.path / "onnx" / f".int8-attack-{len(labels)}-images-{steps}-steps-{eot}-eot"
+    adversarial = adversarial_batches(pipeline, cache, images, labels, steps, eot)
     robust = {name: round(float((p == labels).mean()), 4) for name, p in _predictions(runtimes, bundle, adversarial).items()}
-    print(f"INT8 vs float: transferred L∞ 0.1 {robust['int8']:.2%} vs {robust['float']:.2%} on {len(y)} images", file=sys.stderr)
+    print(f"INT8 vs float: transferred L∞ 0.1 {robust['int8']:.2%} vs {robust['float']:.2%} on {len(labels)} images", file=sys.stderr)
     return {"robust_accuracy_transferred_linf_0.1": robust,
-            "robust_protocol": {"images": len(y), "steps": steps, "eot": eot, "crafted_on": "float PyTorch pipeline"}}
+            "robust_protocol": {"images": len(labels), "steps": steps, "eot": eot, "crafted_on": "float PyTorch pipeline"}}
 
 
 def quantize_bundle(bundle_path: Path, calibration_images: int = 512, robust_images: int = 500, steps: int = 100, eot: int = 20) -> Bundle:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cli.main import main
+from export.quantize import adversarial_batches
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
 from serving.service import PurificationService
 
@@ -35,3 +36,17 @@ def test_int8_runtime_serves_real_images(quantized, fmnist_test):
     outcome = service.run(fmnist_test.images[:200])
     accuracy = np.mean([p.index == label for p, label in zip(outcome.predictions, fmnist_test.labels[:200])])
     assert accuracy >= 0.8
+
+
+def test_a_killed_robust_check_resumes_from_its_saved_batches(tmp_path, fmnist_test):
+    """Batches saved by an earlier run are reused, not crafted again; the cache goes when done."""
+    cache = tmp_path / ".int8-attack"
+    images, labels = (t.numpy() for t in fmnist_test.head(150).tensors())
+    saved_first_batch = np.clip(images[:100] + 0.05, 0, 1).astype(np.float32)
+    cache.mkdir()
+    np.save(cache / "000000.npy", saved_first_batch)
+    pipeline = load_bundle(DEFAULT_BUNDLE).pipeline(seed=0)
+    adversarial = adversarial_batches(pipeline, cache, images, labels, steps=2, eot=1)
+    assert np.array_equal(adversarial[:100], saved_first_batch)
+    assert adversarial.shape == images.shape and np.abs(adversarial[100:] - images[100:]).max() <= 0.1 + 1e-6
+    assert not cache.exists()
