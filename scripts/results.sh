@@ -30,6 +30,12 @@ evaluate() {  # evaluate NAME: the full protocol on bundles/NAME into reports/NA
   [ -e "reports/$1/report.json" ] || purifier evaluate "bundles/$1" --out "reports/$1" --record
 }
 
+joint() {  # joint NAME: add IJSAT's joint-space attack (latent space of bundles/fmnist-flow) to the evaluation of bundles/NAME
+  evaluate "$1"
+  grep -q '"joint_0.1_worst_case"' "reports/$1/report.json" ||
+    purifier evaluate "bundles/$1" --out "reports/$1" --record --joint-flow bundles/fmnist-flow
+}
+
 declare -A STEPS=(
   [standard]="train bundles/fmnist-standard classifier --epochs 15"
   [pgd-at]="train bundles/fmnist-pgd-at classifier --method pgd --attack-steps 7 --eps 0.1 --epochs 15"
@@ -49,6 +55,10 @@ for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-default fmnist-p
     fmnist-jatp fmnist-jatp-static fmnist-jatp-on-pgd-at fmnist-ijsat; do
   STEPS[eval-${name#fmnist-}]="evaluate $name"
   ORDER+=("eval-${name#fmnist-}")
+done
+for name in fmnist-standard fmnist-pgd-at fmnist-ijsat; do
+  STEPS[joint-${name#fmnist-}]="joint $name"
+  ORDER+=("joint-${name#fmnist-}")
 done
 
 for step in "${@:-${ORDER[@]}}"; do
