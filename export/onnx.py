@@ -120,6 +120,7 @@ def export_bundle(bundle_path: Path, tolerance: float = 1e-4, seed: int = 0) -> 
         "opset": OPSET, "graphs": records, "parity_tolerance": tolerance, "parity_seed": seed,
         "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
     }}
-    updated = update_manifest(bundle, {"exports": exports}, [record["file"] for record in records.values()])
+    # A new float export replaces every record derived from the old one (INT8 graphs, engines).
+    updated = update_manifest(bundle, lambda manifest: manifest.update(exports=exports), [record["file"] for record in records.values()])
     print(f"exported {', '.join(stages)} to {target}")
     return updated

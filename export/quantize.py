@@ -123,7 +123,7 @@ def quantize_bundle(bundle_path: Path, calibration_images: int = 512, robust_ima
             records[stage] = {"file": f"onnx/{stage}.int8.onnx", "inputs": record["inputs"], "outputs": record["outputs"]}
         for stage in records:
             shutil.move(str(Path(scratch) / f"{stage}.int8.onnx"), bundle.path / records[stage]["file"])
-    staged = update_manifest(bundle, {"exports": {**bundle.manifest["exports"], "onnx_int8": {"graphs": records}}},
+    staged = update_manifest(bundle, lambda manifest: manifest["exports"].update(onnx_int8={"graphs": records}),
                              [record["file"] for record in records.values()])
 
     test = load_dataset(dataset_kind(bundle), "test")
@@ -139,4 +139,4 @@ def quantize_bundle(bundle_path: Path, calibration_images: int = 512, robust_ima
           f"(agreement {figures['clean_agreement']:.2%})", file=sys.stderr)
     if robust_images > 0:
         figures.update(_transferred_robustness(staged, runtimes, test_images[:robust_images], test_labels[:robust_images], steps, eot))
-    return update_manifest(staged, {"exports": {**staged.manifest["exports"], "onnx_int8": {"graphs": records, **figures}}})
+    return update_manifest(staged, lambda manifest: manifest["exports"]["onnx_int8"].update(figures))

@@ -107,5 +107,5 @@ def build_bundle_engines(bundle_path: Path, precision: str, calibration_images: 
         engine = f"{ENGINE_DIR}/{stage}.{precision}.engine"
         build_engine(bundle.file(record["file"]), bundle.path / engine, precision, feeds.get(stage))
         records[stage] = {"file": engine, "inputs": record["inputs"], "outputs": record["outputs"]}
-    exports = {**bundle.manifest["exports"], f"tensorrt_{precision}": {"graphs": records}}
-    return update_manifest(bundle, {"exports": exports}, [record["file"] for record in records.values()])
+    return update_manifest(bundle, lambda manifest: manifest["exports"].update({f"tensorrt_{precision}": {"graphs": records}}),
+                           [record["file"] for record in records.values()])

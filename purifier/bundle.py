@@ -14,12 +14,13 @@ bundle.json: ``schema_version``, ``name``, ``dataset`` {name, input_shape [C,H,W
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -164,11 +165,21 @@ def write_bundle(out: Path, manifest: dict[str, Any], models: dict[str, nn.Modul
     return load_bundle(out)
 
 
-def update_manifest(bundle: Bundle, changes: dict[str, Any], new_files: list[str] = ()) -> Bundle:
-    """Merge ``changes`` into bundle.json and hash ``new_files`` (paths relative to the bundle)."""
-    manifest = dict(bundle.manifest, **changes)
-    manifest["files"] = dict(manifest["files"], **{name: sha256_file(bundle.path / name) for name in new_files})
-    atomic_write_json(bundle.path / MANIFEST, manifest)
+def update_manifest(bundle: Bundle, edit: Callable[[dict[str, Any]], None], new_files: list[str] = ()) -> Bundle:
+    """Apply ``edit`` to bundle.json as it is on disk now, hash ``new_files`` (paths relative to the bundle).
+
+    The read-edit-write runs under an exclusive lock on the bundle directory, so two jobs that
+    record into one bundle (an evaluation's --record, a quantization) never lose each other's
+    records, however long each ran since it loaded the bundle."""
+    directory = os.open(bundle.path, os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        manifest = json.loads((bundle.path / MANIFEST).read_text())
+        edit(manifest)
+        manifest["files"] = dict(manifest["files"], **{name: sha256_file(bundle.path / name) for name in new_files})
+        atomic_write_json(bundle.path / MANIFEST, manifest)
+    finally:
+        os.close(directory)  # releases the lock
     return load_bundle(bundle.path)
 
 

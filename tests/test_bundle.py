@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import purifier
-from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+from purifier.bundle import DEFAULT_BUNDLE, load_bundle, update_manifest
 from purifier.errors import BundleError
 from training.common import accuracy
 
@@ -93,3 +93,13 @@ def test_weights_that_do_not_fit_the_architecture(bundle_copy, tiny_bundle):
 def test_load_is_deterministic_per_seed(tiny_bundle):
     x = torch.rand(4, 1, 28, 28)
     assert torch.equal(purifier.load(tiny_bundle.path, seed=3)(x), purifier.load(tiny_bundle.path, seed=3)(x))
+
+
+def test_records_made_by_two_jobs_on_one_bundle_are_both_kept(bundle_copy):
+    """A long job records into bundle.json long after it loaded the bundle; what another job recorded meanwhile stays."""
+    long_job_view = load_bundle(bundle_copy)
+    (bundle_copy / "notes.txt").write_text("made by the other job\n")
+    update_manifest(load_bundle(bundle_copy), lambda manifest: manifest.setdefault("exports", {}).update(other={"file": "notes.txt"}), ["notes.txt"])
+    updated = update_manifest(long_job_view, lambda manifest: manifest["metrics"].update(robustness={"clean": 0.5}))
+    assert updated.manifest["exports"]["other"] == {"file": "notes.txt"} and "notes.txt" in updated.manifest["files"]
+    assert updated.manifest["metrics"]["robustness"] == {"clean": 0.5}

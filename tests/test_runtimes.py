@@ -22,9 +22,11 @@ def test_unknown_runtime_lists_the_known_ones(bundle):
         create_runtime(bundle, "tensorflow")
 
 
-def test_int8_runtime_without_quantized_graphs_says_how_to_make_them(bundle):
+def test_int8_runtime_without_quantized_graphs_says_how_to_make_them():
+    float_only = load_bundle(DEFAULT_BUNDLE.parent / "fmnist-pgd-at")
+    assert "onnx_int8" not in float_only.manifest["exports"]
     with pytest.raises(PurifierError, match="purifier quantize"):
-        create_runtime(bundle, "onnxruntime-int8")
+        create_runtime(float_only, "onnxruntime-int8")
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in onnxruntime.get_available_providers(), reason="this ONNX Runtime has CUDA")

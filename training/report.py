@@ -206,7 +206,6 @@ def write_report(evaluation: Evaluation, out: Path, record: bool = False) -> dic
     _png(_plot_corruptions, out / "corruptions.png", corruptions)
     _png(_plot_examples, out / "examples.png", evaluation)
     if record:
-        metrics = dict(evaluation.bundle.manifest.get("metrics") or {})
-        metrics["robustness"] = {**head, "protocol": proto, "wall_time_s": report["wall_time_s"]}
-        update_manifest(evaluation.bundle, {"metrics": metrics})
+        robustness = {**head, "protocol": proto, "wall_time_s": report["wall_time_s"]}
+        update_manifest(evaluation.bundle, lambda manifest: manifest.setdefault("metrics", {}).update(robustness=robustness))
     return report
