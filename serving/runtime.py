@@ -35,10 +35,10 @@ class Runtime(ABC):
 
 
 class OnnxRuntime(Runtime):
-    """The exported graphs in ONNX Runtime, on the CPU or (``onnxruntime-cuda``) on an NVIDIA GPU."""
+    """The exported graphs in ONNX Runtime, on the CPU or (``onnxruntime-cuda``, ``onnxruntime-tensorrt``) on an NVIDIA GPU."""
 
     name = "onnxruntime"
-    provider = "CPUExecutionProvider"
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)  # in ONNX Runtime's order of preference
     export = "onnx"  # which exports entry of bundle.json holds the graphs
 
     def __init__(self, bundle: Bundle, threads: int = 0, spinning: bool = False, basic_optimisation: bool = False) -> None:
@@ -49,8 +49,9 @@ class OnnxRuntime(Runtime):
         if "pipeline" not in graphs or "classifier" not in graphs:
             command = "export" if self.export == "onnx" else "quantize"
             raise PurifierError(f"bundle {bundle.path} has no {self.export} graphs; run 'purifier {command} {bundle.path}' first")
-        if self.provider not in onnxruntime.get_available_providers():
-            raise PurifierError(f"runtime {self.name} needs ONNX Runtime's {self.provider}, which this installation lacks "
+        missing = [provider for provider in self.providers if provider not in onnxruntime.get_available_providers()]
+        if missing:
+            raise PurifierError(f"runtime {self.name} needs ONNX Runtime's {', '.join(missing)}, which this installation lacks "
                                 f"(available: {', '.join(onnxruntime.get_available_providers())}); install onnxruntime-gpu or use --runtime onnxruntime")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
@@ -63,7 +64,7 @@ class OnnxRuntime(Runtime):
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
 
         def session(stage: str):
-            return onnxruntime.InferenceSession(str(bundle.file(graphs[stage]["file"])), options, providers=[self.provider])
+            return onnxruntime.InferenceSession(str(bundle.file(graphs[stage]["file"])), options, providers=list(self.providers))
 
         self._pipeline, self._classifier = session("pipeline"), session("classifier")
         self._purifier = session("purifier") if "purifier" in graphs else None
@@ -90,7 +91,14 @@ class OnnxInt8Runtime(OnnxRuntime):
 
 class OnnxCudaRuntime(OnnxRuntime):
     name = "onnxruntime-cuda"
-    provider = "CUDAExecutionProvider"
+    providers = ("CUDAExecutionProvider",)
+
+
+class OnnxTensorrtRuntime(OnnxRuntime):
+    """ONNX Runtime's TensorRT execution provider (engines built by ONNX Runtime at session start), CUDA for the rest."""
+
+    name = "onnxruntime-tensorrt"
+    providers = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def import_tensorrt():
@@ -183,7 +191,7 @@ class TorchRuntime(Runtime):
 
 RUNTIMES: dict[str, type[Runtime]] = {
     "onnxruntime": OnnxRuntime, "onnxruntime-int8": OnnxInt8Runtime, "onnxruntime-cuda": OnnxCudaRuntime,
-    "tensorrt-fp16": TensorRTRuntime, "tensorrt-int8": TensorRTInt8Runtime, "torch": TorchRuntime,
+    "onnxruntime-tensorrt": OnnxTensorrtRuntime, "tensorrt-fp16": TensorRTRuntime, "tensorrt-int8": TensorRTInt8Runtime, "torch": TorchRuntime,
 }
 
 

@@ -30,9 +30,10 @@ def test_int8_runtime_without_quantized_graphs_says_how_to_make_them():
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in onnxruntime.get_available_providers(), reason="this ONNX Runtime has CUDA")
-def test_cuda_runtime_without_the_cuda_provider_is_refused(bundle):
-    with pytest.raises(PurifierError, match="CUDAExecutionProvider"):
-        create_runtime(bundle, "onnxruntime-cuda")
+@pytest.mark.parametrize("name, provider", [("onnxruntime-cuda", "CUDAExecutionProvider"), ("onnxruntime-tensorrt", "TensorrtExecutionProvider")])
+def test_gpu_runtimes_without_their_provider_are_refused(bundle, name, provider):
+    with pytest.raises(PurifierError, match=provider):
+        create_runtime(bundle, name)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
