@@ -22,6 +22,7 @@ import torch
 
 from purifier.bundle import Bundle, load_bundle, update_manifest
 from purifier.errors import PurifierError
+from purifier.fsutil import atomic_write_bytes
 from serving.runtime import import_tensorrt
 
 PRECISIONS = ("fp16", "int8")
@@ -50,7 +51,7 @@ def _calibrator(trt, feeds: list[dict[str, np.ndarray]], cache: Path):
             return cache.read_bytes() if cache.exists() else None
 
         def write_calibration_cache(self, data) -> None:
-            cache.write_bytes(bytes(data))
+            atomic_write_bytes(cache, bytes(data))
 
     return Calibrator()
 
@@ -84,7 +85,7 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, feeds: list
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise PurifierError(f"TensorRT failed to build an engine from {onnx_path}; see the log above")
-    engine_path.write_bytes(bytes(serialized))
+    atomic_write_bytes(engine_path, bytes(serialized))
 
 
 def build_bundle_engines(bundle_path: Path, precision: str, calibration_images: int = 512) -> Bundle:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 
 import numpy as np
 import pytest
 
+from cli.main import main
 from export.onnx import ExportParityError, export_bundle
 from purifier.bundle import load_bundle
 from serving.runtime import OnnxRuntime, TorchRuntime, create_runtime
@@ -54,3 +56,13 @@ def test_onnx_runtime_needs_an_export(tiny_bundle):
         create_runtime(tiny_bundle, "onnxruntime")
     with pytest.raises(PurifierError, match="unknown runtime"):
         create_runtime(tiny_bundle, "tensorrt-that-is-not-here")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_tensorrt_export_without_tensorrt_says_so_and_writes_nothing(tiny_bundle, tmp_path, capsys):
+    target = tmp_path / "engines"
+    shutil.copytree(tiny_bundle.path, target)
+    with pytest.raises(SystemExit) as stopped:
+        main(["export", str(target), "--tensorrt", "fp16"])
+    assert stopped.value.code != 0 and "TensorRT is not installed" in capsys.readouterr().err
+    assert not (target / "tensorrt").exists() and (target / "bundle.json").read_bytes() == (tiny_bundle.path / "bundle.json").read_bytes()
