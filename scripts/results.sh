@@ -44,14 +44,15 @@ declare -A STEPS=(
   [atop-rt1]="train bundles/fmnist-atop-rt1 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform mask --epochs 5"
   [atop-rt2]="train bundles/fmnist-atop-rt2 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_mask --epochs 5"
   [atop-rt3]="train bundles/fmnist-atop-rt3 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_multimask --masks 2 --epochs 5"
+  [atop-rt2-pgd]="train bundles/fmnist-atop-rt2-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_mask --attack pgd --attack-steps 5 --epochs 5"
   [jatp]="train bundles/fmnist-jatp jatp --classifier bundles/fmnist-standard --epochs 3"
   [jatp-static]="train bundles/fmnist-jatp-static jatp --classifier bundles/fmnist-standard --examples static --feature-weight 0 --epochs 3"
   [flow]="fit bundles/fmnist-flow flow --epochs 10"
   [ijsat]="train bundles/fmnist-ijsat ijsat --flow bundles/fmnist-flow --epochs 10 --attack-steps 5"
   [jatp-on-pgd-at]="compose bundles/fmnist-jatp-on-pgd-at --purifier bundles/fmnist-jatp --classifier bundles/fmnist-pgd-at"
 )
-ORDER=(standard pgd-at fgsm-rs pretrained atop-rt2 atop-rt1 atop-rt3 jatp jatp-static jatp-on-pgd-at flow ijsat)
-for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-default fmnist-pretrained fmnist-atop-rt2 fmnist-atop-rt1 fmnist-atop-rt3 \
+ORDER=(standard pgd-at fgsm-rs pretrained atop-rt2 atop-rt1 atop-rt3 atop-rt2-pgd jatp jatp-static jatp-on-pgd-at flow ijsat)
+for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-default fmnist-pretrained fmnist-atop-rt2 fmnist-atop-rt1 fmnist-atop-rt3 fmnist-atop-rt2-pgd \
     fmnist-jatp fmnist-jatp-static fmnist-jatp-on-pgd-at fmnist-ijsat; do
   STEPS[eval-${name#fmnist-}]="evaluate $name"
   ORDER+=("eval-${name#fmnist-}")
