@@ -67,6 +67,15 @@ def test_runs_saved_before_an_option_existed_still_resume(report_dir):
     assert evaluation.results["clean"] == saved["results"]["clean"]
 
 
+def test_partial_results_follow_the_model_not_its_path(report_dir, tmp_path):
+    before = json.loads((report_dir / "partial.json").read_text())
+    moved = tmp_path / "moved"
+    shutil.copytree(DEFAULT_BUNDLE, moved)
+    assert evaluate(moved, report_dir, EvaluationConfig.quick_run(**TINY)).results["clean"] == before["results"]["clean"]
+    with pytest.raises(PurifierError, match="another model"):
+        evaluate(DEFAULT_BUNDLE.parent / "fmnist-pretrained", report_dir, EvaluationConfig.quick_run(**TINY))
+
+
 def test_partial_results_of_other_options_are_refused(report_dir):
     with pytest.raises(PurifierError, match="other options"):
         evaluate(DEFAULT_BUNDLE, report_dir, EvaluationConfig.quick_run(**{**TINY, "images": 16}))

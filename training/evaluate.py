@@ -162,18 +162,24 @@ def _options(config: EvaluationConfig) -> dict:
     return {k: v for k, v in json.loads(json.dumps(asdict(config), default=str)).items() if k not in _ADDITIVE}
 
 
+def _model_identity(bundle: Bundle) -> dict:
+    """What an evaluation's results depend on, wherever the bundle lies: weight files' sha256 and the random transform."""
+    weights = {name: digest for name, digest in sorted(bundle.manifest["files"].items()) if name.endswith(".safetensors")}
+    return {"weights": weights, "transform": (bundle.manifest.get("purifier") or {}).get("random_transform")}
+
+
 class _Partial:
-    """DIR/partial.json: finished work, the options and bundle it belongs to, and wall time so far."""
+    """DIR/partial.json: finished work, the model and options it belongs to, and wall time so far."""
 
     def __init__(self, path: Path, bundle: Bundle, config: EvaluationConfig) -> None:
-        self.path, self.identity = path, {"bundle": str(bundle.path.resolve()), "config": _options(config)}
+        self.path, self.identity = path, {"model": _model_identity(bundle), "config": _options(config)}
         self.results: dict = {"wall_time_s": 0.0}
         if path.exists():
             saved = json.loads(path.read_text())
             # Options added after a run started count as their defaults (so older runs still resume).
             saved["config"] = {**_options(EvaluationConfig()), **{k: v for k, v in saved.get("config", {}).items() if k not in _ADDITIVE}}
             if {k: saved.get(k) for k in self.identity} != self.identity:
-                raise PurifierError(f"{path} belongs to another bundle or other options; use another --out or delete it")
+                raise PurifierError(f"{path} belongs to another model or other options; use another --out or delete it")
             self.results = saved["results"]
             print(f"resuming the evaluation saved in {path}", file=sys.stderr)
         self.last = time.perf_counter()
