@@ -36,13 +36,16 @@ joint() {  # joint NAME: add IJSAT's joint-space attack (latent space of bundles
     purifier evaluate "bundles/$1" --out "reports/$1" --record --joint-flow bundles/fmnist-flow
 }
 
+# The served default, bundles/fmnist-default, is the AToP RT2 pipeline (step atop-rt2). The
+# previous default, a purifier trained only to reconstruct (by an earlier version of 'train
+# purifier', so no step remakes it), is bundles/fmnist-reconstruction.
 declare -A STEPS=(
   [standard]="train bundles/fmnist-standard classifier --epochs 15"
   [pgd-at]="train bundles/fmnist-pgd-at classifier --method pgd --attack-steps 7 --eps 0.1 --epochs 15"
   [fgsm-rs]="train bundles/fmnist-fgsm-rs classifier --method fgsm_rs --eps 0.1 --epochs 15"
   [pretrained]="train bundles/fmnist-pretrained purifier --classifier bundles/fmnist-standard --epochs 10"
   [atop-rt1]="train bundles/fmnist-atop-rt1 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform mask --epochs 5"
-  [atop-rt2]="train bundles/fmnist-atop-rt2 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_mask --epochs 5"
+  [atop-rt2]="train bundles/fmnist-default atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_mask --epochs 5"
   [atop-rt3]="train bundles/fmnist-atop-rt3 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_multimask --masks 2 --epochs 5"
   [atop-rt2-pgd]="train bundles/fmnist-atop-rt2-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_mask --attack pgd --attack-steps 5 --epochs 5"
   [jatp]="train bundles/fmnist-jatp jatp --classifier bundles/fmnist-standard --epochs 3"
@@ -52,7 +55,7 @@ declare -A STEPS=(
   [jatp-on-pgd-at]="compose bundles/fmnist-jatp-on-pgd-at --purifier bundles/fmnist-jatp --classifier bundles/fmnist-pgd-at"
 )
 ORDER=(standard pgd-at fgsm-rs pretrained atop-rt2 atop-rt1 atop-rt3 atop-rt2-pgd jatp jatp-static jatp-on-pgd-at flow ijsat)
-for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-default fmnist-pretrained fmnist-atop-rt2 fmnist-atop-rt1 fmnist-atop-rt3 fmnist-atop-rt2-pgd \
+for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-reconstruction fmnist-pretrained fmnist-default fmnist-atop-rt1 fmnist-atop-rt3 fmnist-atop-rt2-pgd \
     fmnist-jatp fmnist-jatp-static fmnist-jatp-on-pgd-at fmnist-ijsat; do
   STEPS[eval-${name#fmnist-}]="evaluate $name"
   ORDER+=("eval-${name#fmnist-}")
