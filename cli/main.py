@@ -58,7 +58,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     names = {field.name for field in dataclasses.fields(EvaluationConfig)}
     options = {key: value for key, value in vars(args).items() if key in names and key != "quick"}
     config = EvaluationConfig.quick_run(**options) if args.quick else EvaluationConfig(**options)
-    report = write_report(evaluate(args.bundle, args.out, config, data_dir=args.data_dir), args.out, record=args.record)
+    evaluation = evaluate(args.bundle, args.out, config, data_dir=args.data_dir, reuse_classifier=args.reuse_classifier)
+    report = write_report(evaluation, args.out, record=args.record)
     head = report["headline"]
     print(f"{report['bundle']} ({head['model']}): clean {head['clean']:.2%}, L∞ 0.1 worst case {head['linf_0.1_worst_case']:.2%}, "
           f"L2 1.5 worst case {head['l2_1.5_worst_case']:.2%}, corruptions {head['corruption_mean']:.2%}"
@@ -138,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--joint-flow", type=Path, help="flow bundle: also run IJSAT's joint-space attack in its latent space")
     evaluate.add_argument("--joint-eps", type=float, help="joint-space attack: L∞ radius in image space (default 0.1)")
     evaluate.add_argument("--joint-eta", type=float, help="joint-space attack: L∞ radius in the flow's latent space (default 0.1)")
+    evaluate.add_argument("--reuse-classifier", type=Path, default=None, metavar="REPORT",
+                          help="take the attacks on the bare classifier from this report of the same classifier weights and options "
+                               "(a composed bundle), instead of running them again")
     evaluate.add_argument("--record", action="store_true", default=False, help="write the headline figures into the bundle's bundle.json")
     evaluate.set_defaults(func=_evaluate)
 

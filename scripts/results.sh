@@ -26,8 +26,9 @@ compose() {  # compose OUT ARGS...: a purifier in front of another classifier (n
   [ -e "$out/onnx/pipeline.onnx" ] || purifier export "$out"
 }
 
-evaluate() {  # evaluate NAME: the full protocol on bundles/NAME into reports/NAME, recorded in the bundle
-  [ -e "reports/$1/report.json" ] || purifier evaluate "bundles/$1" --out "reports/$1" --record
+evaluate() {  # evaluate NAME [OPTIONS...]: the full protocol on bundles/NAME into reports/NAME, recorded in the bundle
+  local name=$1; shift
+  [ -e "reports/$name/report.json" ] || purifier evaluate "bundles/$name" --out "reports/$name" --record "$@"
 }
 
 joint() {  # joint NAME: add IJSAT's joint-space attack (latent space of bundles/fmnist-flow) to the evaluation of bundles/NAME
@@ -61,6 +62,9 @@ for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-reconstruction f
   STEPS[eval-${name#fmnist-}]="evaluate $name"
   ORDER+=("eval-${name#fmnist-}")
 done
+# composed bundles: the attacks on their classifier were already run in that classifier's own evaluation
+STEPS[eval-jatp-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
+STEPS[eval-jatp-static-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 for name in fmnist-standard fmnist-pgd-at fmnist-ijsat; do
   STEPS[joint-${name#fmnist-}]="joint $name"
   ORDER+=("joint-${name#fmnist-}")

@@ -76,6 +76,19 @@ def test_partial_results_follow_the_model_not_its_path(report_dir, tmp_path):
         evaluate(DEFAULT_BUNDLE.parent / "fmnist-pretrained", report_dir, EvaluationConfig.quick_run(**TINY))
 
 
+def test_a_composed_bundle_reuses_the_attacks_on_its_classifier(report_dir, tmp_path):
+    saved = json.loads((report_dir / "partial.json").read_text())
+    on_classifier = {key: value for key, value in saved["results"].items() if key.startswith("classifier|")}
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "partial.json").write_text(json.dumps({**saved, "results": {k: v for k, v in saved["results"].items() if k not in on_classifier}}))
+    evaluation = evaluate(DEFAULT_BUNDLE, out, EvaluationConfig.quick_run(**TINY), reuse_classifier=report_dir)
+    assert {key: evaluation.results[key] for key in on_classifier} == on_classifier  # taken, not run again
+    assert write_report(evaluation, out)["protocol"]["classifier_attacks_from"] == str(report_dir)
+    with pytest.raises(PurifierError, match="another classifier"):
+        evaluate(DEFAULT_BUNDLE.parent / "fmnist-pgd-at", tmp_path / "other", EvaluationConfig.quick_run(**TINY), reuse_classifier=report_dir)
+
+
 def test_partial_results_of_other_options_are_refused(report_dir):
     with pytest.raises(PurifierError, match="other options"):
         evaluate(DEFAULT_BUNDLE, report_dir, EvaluationConfig.quick_run(**{**TINY, "images": 16}))

@@ -168,6 +168,26 @@ def _model_identity(bundle: Bundle) -> dict:
     return {"weights": weights, "transform": (bundle.manifest.get("purifier") or {}).get("random_transform")}
 
 
+def _load_saved(path: Path) -> dict:
+    """A saved partial.json; options added after its run started count as their defaults (so older runs still resume)."""
+    saved = json.loads(path.read_text())
+    saved["config"] = {**_options(EvaluationConfig()), **{k: v for k, v in saved.get("config", {}).items() if k not in _ADDITIVE}}
+    return saved
+
+
+def classifier_attacks(report_dir: Path, bundle: Bundle, config: EvaluationConfig) -> dict:
+    """The attack results on the bare classifier in another evaluation of the same classifier weights with the
+    same options: a composed bundle (``purifier compose``) need not attack its classifier again."""
+    source = Path(report_dir) / "partial.json"
+    if not source.exists():
+        raise PurifierError(f"{source} does not exist; pass a report directory written by 'purifier evaluate'")
+    saved = _load_saved(source)
+    theirs = saved.get("model", {}).get("weights", {}).get("classifier.safetensors")
+    if theirs != bundle.manifest["files"]["classifier.safetensors"] or saved["config"] != _options(config):
+        raise PurifierError(f"{report_dir} evaluated another classifier or used other options; evaluate without reusing it")
+    return {key: value for key, value in saved["results"].items() if key.startswith("classifier|")}
+
+
 class _Partial:
     """DIR/partial.json: finished work, the model and options it belongs to, and wall time so far."""
 
@@ -175,9 +195,7 @@ class _Partial:
         self.path, self.identity = path, {"model": _model_identity(bundle), "config": _options(config)}
         self.results: dict = {"wall_time_s": 0.0}
         if path.exists():
-            saved = json.loads(path.read_text())
-            # Options added after a run started count as their defaults (so older runs still resume).
-            saved["config"] = {**_options(EvaluationConfig()), **{k: v for k, v in saved.get("config", {}).items() if k not in _ADDITIVE}}
+            saved = _load_saved(path)
             if {k: saved.get(k) for k in self.identity} != self.identity:
                 raise PurifierError(f"{path} belongs to another model or other options; use another --out or delete it")
             self.results = saved["results"]
@@ -191,15 +209,23 @@ class _Partial:
         atomic_write_json(self.path, {**self.identity, "results": self.results})
 
 
-def evaluate(bundle_path: Path, out: Path, config: EvaluationConfig, data_dir: Path | None = None) -> Evaluation:
-    """Run (or resume) the protocol on a bundle; report.py turns the result into files."""
+def evaluate(bundle_path: Path, out: Path, config: EvaluationConfig, data_dir: Path | None = None,
+             reuse_classifier: Path | None = None) -> Evaluation:
+    """Run (or resume) the protocol on a bundle; report.py turns the result into files. ``reuse_classifier``: a report
+    directory whose finished attacks on the same classifier are taken instead of being run again."""
     bundle = load_bundle(bundle_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     partial = _Partial(out / "partial.json", bundle, config)
     results = partial.results
+    if reuse_classifier is not None:
+        for key, record in classifier_attacks(reuse_classifier, bundle, config).items():
+            if len(record["correct"]) > len(results.get(key, {}).get("correct", [])):
+                results[key] = record
+        results["classifier_attacks_from"] = str(reuse_classifier)
     models = _models(bundle, config.seed)
-    flow = load_bundle(config.joint_flow).flow().requires_grad_(False) if config.joint_flow is not None else None
+    flow_bundle = load_bundle(config.joint_flow) if config.joint_flow is not None else None
+    flow = flow_bundle.flow().requires_grad_(False) if flow_bundle is not None else None
     stochastic = {name: isinstance(model, Pipeline) and model.is_stochastic for name, model in models.items()}
     _, all_images, all_labels = load_split(dataset_kind(bundle), data_dir, "test")
 
@@ -213,7 +239,7 @@ def evaluate(bundle_path: Path, out: Path, config: EvaluationConfig, data_dir: P
     for position, unit in enumerate(units):
         record = results.setdefault(unit.key, {"correct": [], "attacked": 0, "seconds": 0.0})
         if unit.norm == "joint":
-            settings = {"flow": str(Path(config.joint_flow).resolve()), "eta": config.joint_eta}
+            settings = {"flow": _model_identity(flow_bundle)["weights"], "eta": config.joint_eta}
             if record.setdefault("settings", settings) != settings:
                 raise PurifierError(f"{out / 'partial.json'} holds joint-space results of another flow or η; use another --out")
         earlier = [results[u.key]["correct"] for u in units[:position] if (u.model, u.norm, u.eps) == (unit.model, unit.norm, unit.eps)]

@@ -62,7 +62,8 @@ def protocol(evaluation: Evaluation) -> dict:
             versions[package] = None
     return {
         **json.loads(json.dumps(asdict(config), default=str)), "robust_images": len(evaluation.labels), "conformant": conformant,
-        "prediction": "one draw of the transform from the seed", "packages": versions,
+        "prediction": "one draw of the transform from the seed", "classifier_attacks_from": evaluation.results.get("classifier_attacks_from"),
+        "packages": versions,
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.system()}",
     }
 
