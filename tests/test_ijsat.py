@@ -47,6 +47,17 @@ def test_log_determinant_matches_the_brute_force_jacobian():
     assert abs(float(brute_force)) > 0.1  # not trivially the identity
 
 
+def test_the_committed_flow_inverts_real_images_and_nearby_latents(fmnist_test):
+    """A trained flow, not only a random one: its inverse must stay well-conditioned on the data and around it."""
+    flow = load_bundle(DEFAULT_BUNDLE.parent / "fmnist-flow").flow()
+    images = torch.from_numpy(fmnist_test.images[:64]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        z = flow.encode(images)
+        assert float((flow.decode(z) - images).abs().max()) < 1e-3
+        nearby = flow.decode(z + (torch.rand(z.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.1)
+    assert torch.isfinite(nearby).all() and float(nearby.min()) > -1 and float(nearby.max()) < 2
+
+
 @pytest.fixture(scope="module")
 def flow_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("flow") / "flow"

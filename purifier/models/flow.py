@@ -72,7 +72,12 @@ class InvertibleConv1x1(nn.Module):
 
 
 class AffineCoupling(nn.Module):
-    """x = (a, b): y = (a, (b + t(a)) · s(a)), s = sigmoid(h + 2) > 0; log|det| = Σ log s."""
+    """x = (a, b): y = (a, (b + t(a)) · s(a)), s = exp(2·tanh(h/2)) ∈ (e⁻², e²); log|det| = Σ log s.
+
+    The scale may expand as well as contract, and is bounded both ways: Glow's s = sigmoid(h + 2) can
+    only contract, so a flow trained on Fashion-MNIST's flat backgrounds learned scales near 1e-4 and
+    an inverse that amplified float rounding into NaN (measured: encode → decode error 0.13).
+    """
 
     def __init__(self, channels: int, hidden: int) -> None:
         super().__init__()
@@ -86,7 +91,7 @@ class AffineCoupling(nn.Module):
 
     def _scale_shift(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, t = self.net(a).chunk(2, dim=1)
-        return torch.sigmoid(h + 2.0), t
+        return torch.exp(2.0 * torch.tanh(h / 2.0)), t
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a, b = x[:, : x.shape[1] // 2], x[:, x.shape[1] // 2:]
