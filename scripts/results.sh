@@ -50,21 +50,23 @@ declare -A STEPS=(
   [atop-rt3]="train bundles/fmnist-atop-rt3 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_multimask --masks 2 --epochs 5"
   [atop-rt2-pgd]="train bundles/fmnist-atop-rt2-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_mask --attack pgd --attack-steps 5 --epochs 5"
   [jatp]="train bundles/fmnist-jatp jatp --classifier bundles/fmnist-standard --epochs 3"
+  [jatp-pgd-at]="train bundles/fmnist-jatp-pgd-at jatp --classifier bundles/fmnist-pgd-at --epochs 3"
   [jatp-static]="train bundles/fmnist-jatp-static jatp --classifier bundles/fmnist-standard --examples static --feature-weight 0 --epochs 3"
   [flow]="fit bundles/fmnist-flow flow --epochs 10"
   [ijsat]="train bundles/fmnist-ijsat ijsat --flow bundles/fmnist-flow --epochs 10 --attack-steps 5"
   [jatp-on-pgd-at]="compose bundles/fmnist-jatp-on-pgd-at --purifier bundles/fmnist-jatp --classifier bundles/fmnist-pgd-at"
   [jatp-static-on-pgd-at]="compose bundles/fmnist-jatp-static-on-pgd-at --purifier bundles/fmnist-jatp-static --classifier bundles/fmnist-pgd-at"
 )
-ORDER=(standard pgd-at fgsm-rs pretrained atop-rt2 atop-rt1 atop-rt3 atop-rt2-pgd jatp jatp-static jatp-on-pgd-at jatp-static-on-pgd-at flow ijsat)
+ORDER=(standard pgd-at fgsm-rs pretrained atop-rt2 atop-rt1 atop-rt3 atop-rt2-pgd jatp jatp-static jatp-on-pgd-at jatp-static-on-pgd-at jatp-pgd-at flow ijsat)
 for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-reconstruction fmnist-pretrained fmnist-default fmnist-atop-rt1 fmnist-atop-rt3 fmnist-atop-rt2-pgd \
-    fmnist-jatp fmnist-jatp-static fmnist-jatp-on-pgd-at fmnist-jatp-static-on-pgd-at fmnist-ijsat; do
+    fmnist-jatp fmnist-jatp-static fmnist-jatp-on-pgd-at fmnist-jatp-static-on-pgd-at fmnist-jatp-pgd-at fmnist-ijsat; do
   STEPS[eval-${name#fmnist-}]="evaluate $name"
   ORDER+=("eval-${name#fmnist-}")
 done
 # composed bundles: the attacks on their classifier were already run in that classifier's own evaluation
 STEPS[eval-jatp-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-static-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
+STEPS[eval-jatp-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 for name in fmnist-standard fmnist-pgd-at fmnist-ijsat; do
   STEPS[joint-${name#fmnist-}]="joint $name"
   ORDER+=("joint-${name#fmnist-}")
