@@ -76,7 +76,8 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
             optimizer.step()
             scheduler.step()
             total_loss += loss.item() * len(index)
-            correct += int((logits.argmax(1) == labels[index]).sum())
+            dominant = targets if targets.dim() == 1 else targets.argmax(1)  # IJSAT: the label with the larger mixing weight
+            correct += int((logits.argmax(1) == dominant).sum())
             seen += len(index)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         return {"loss": total_loss / seen, "train_accuracy": correct / seen}
