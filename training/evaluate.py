@@ -183,7 +183,7 @@ def classifier_attacks(report_dir: Path, bundle: Bundle, config: EvaluationConfi
         raise PurifierError(f"{source} does not exist; pass a report directory written by 'purifier evaluate'")
     saved = _load_saved(source)
     theirs = saved.get("model", {}).get("weights", {}).get("classifier.safetensors")
-    if theirs != bundle.manifest["files"]["classifier.safetensors"] or saved["config"] != _options(config):
+    if theirs != _model_identity(bundle)["weights"]["classifier.safetensors"] or saved["config"] != _options(config):
         raise PurifierError(f"{report_dir} evaluated another classifier or used other options; evaluate without reusing it")
     return {key: value for key, value in saved["results"].items() if key.startswith("classifier|")}
 
