@@ -58,6 +58,16 @@ def test_the_committed_flow_inverts_real_images_and_nearby_latents(fmnist_test):
     assert torch.isfinite(nearby).all() and float(nearby.min()) > -1 and float(nearby.max()) < 2
 
 
+def test_latent_scale_grows_with_eta_from_zero(fmnist_test):
+    from training.latent_scale import pixel_displacement
+
+    flow = load_bundle(DEFAULT_BUNDLE.parent / "fmnist-flow").flow()
+    images = torch.from_numpy(fmnist_test.images[:32]).permute(0, 3, 1, 2).float() / 255
+    zero, small, large = (pixel_displacement(flow, images, eta) for eta in (0.0, 0.03, 0.1))
+    assert zero["linf"] < 1e-3
+    assert 1e-3 < small["linf"] < large["linf"] and small["l2"] < large["l2"]
+
+
 @pytest.fixture(scope="module")
 def flow_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("flow") / "flow"
@@ -104,7 +114,7 @@ def test_train_ijsat_writes_a_classifier_bundle(flow_bundle, tmp_path, capsys):
     out = tmp_path / "ijsat"
     main(["train", "ijsat", "--flow", str(flow_bundle.path), "--epochs", "1", "--limit", "256", "--attack-steps", "2", "--out", str(out)])
     entry = load_bundle(out).manifest["classifier"]
-    assert entry["method"] == "ijsat" and entry["flow"] == flow_bundle.name and entry["eta"] == 0.1
+    assert entry["method"] == "ijsat" and entry["flow"] == flow_bundle.name and entry["eta"] == 0.03
 
 
 def test_evaluate_runs_the_joint_space_threat(flow_bundle, tmp_path):
@@ -119,4 +129,4 @@ def test_evaluate_runs_the_joint_space_threat(flow_bundle, tmp_path):
     assert report["clean"] == first.results["clean"]
     joint = report["headline"]["joint_0.1_worst_case"]
     assert joint is not None and joint <= report["robust"]["classifier"]["linf"]["0.1"]["worst_case"] + 0.125
-    assert "joint ε 0.1 η 0.1 worst case" in (tmp_path / "report.md").read_text()
+    assert "joint ε 0.1 η 0.03 worst case" in (tmp_path / "report.md").read_text()

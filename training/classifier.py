@@ -31,7 +31,7 @@ class ClassifierConfig(TrainConfig):
     eps: float = 0.1
     attack_steps: int = 10
     flow: Path | None = None
-    eta: float = 0.1
+    eta: float = 0.03
     mixup_alpha: float = 1.0
 
     def __post_init__(self) -> None:

@@ -58,7 +58,7 @@ class EvaluationConfig:
     quick: bool = False
     joint_flow: Path | None = None
     joint_eps: float = 0.1
-    joint_eta: float = 0.1
+    joint_eta: float = 0.03
 
     @classmethod
     def quick_run(cls, **overrides) -> "EvaluationConfig":

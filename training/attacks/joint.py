@@ -8,7 +8,7 @@ Both perturbations start uniformly at random in their balls and take signed-grad
 image's strongest iterate is returned. δz moves x along the data manifold the flow learned
 (off-manifold in pixel space, on-manifold in shape), so it reaches images an L∞ ball does not.
 
->>> x_adv = joint_pgd(model, flow, images, labels, eps=0.1, eta=0.1, steps=100)
+>>> x_adv = joint_pgd(model, flow, images, labels, eps=0.1, eta=0.03, steps=100)
 """
 
 from __future__ import annotations
