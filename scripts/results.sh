@@ -56,10 +56,11 @@ declare -A STEPS=(
   [ijsat]="train bundles/fmnist-ijsat ijsat --flow bundles/fmnist-flow --epochs 10 --attack-steps 5"
   [jatp-on-pgd-at]="compose bundles/fmnist-jatp-on-pgd-at --purifier bundles/fmnist-jatp --classifier bundles/fmnist-pgd-at"
   [jatp-static-on-pgd-at]="compose bundles/fmnist-jatp-static-on-pgd-at --purifier bundles/fmnist-jatp-static --classifier bundles/fmnist-pgd-at"
+  [jatp-on-ijsat]="compose bundles/fmnist-jatp-on-ijsat --purifier bundles/fmnist-jatp --classifier bundles/fmnist-ijsat"
 )
-ORDER=(standard pgd-at fgsm-rs pretrained atop-rt2 atop-rt1 atop-rt3 atop-rt2-pgd jatp jatp-static jatp-on-pgd-at jatp-static-on-pgd-at jatp-pgd-at flow ijsat)
+ORDER=(standard pgd-at fgsm-rs pretrained atop-rt2 atop-rt1 atop-rt3 atop-rt2-pgd jatp jatp-static jatp-on-pgd-at jatp-static-on-pgd-at jatp-pgd-at flow ijsat jatp-on-ijsat)
 for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-reconstruction fmnist-pretrained fmnist-default fmnist-atop-rt1 fmnist-atop-rt3 fmnist-atop-rt2-pgd \
-    fmnist-jatp fmnist-jatp-static fmnist-jatp-on-pgd-at fmnist-jatp-static-on-pgd-at fmnist-jatp-pgd-at fmnist-ijsat; do
+    fmnist-jatp fmnist-jatp-static fmnist-jatp-on-pgd-at fmnist-jatp-static-on-pgd-at fmnist-jatp-pgd-at fmnist-ijsat fmnist-jatp-on-ijsat; do
   STEPS[eval-${name#fmnist-}]="evaluate $name"
   ORDER+=("eval-${name#fmnist-}")
 done
@@ -67,6 +68,7 @@ done
 STEPS[eval-jatp-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-static-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
+STEPS[eval-jatp-on-ijsat]+=" --reuse-classifier reports/fmnist-ijsat"
 for name in fmnist-standard fmnist-pgd-at fmnist-ijsat; do
   STEPS[joint-${name#fmnist-}]="joint $name"
   ORDER+=("joint-${name#fmnist-}")
