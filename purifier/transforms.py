@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 KINDS = ("none", "mask", "noise_mask", "noise_multimask")
-PAPER_NAMES = {"mask": "RT1", "noise_mask": "RT2", "noise_multimask": "RT3"}
 
 
 @dataclass(frozen=True)

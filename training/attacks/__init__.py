@@ -3,6 +3,6 @@ whole Pipelines alike): gradients flow through everything the model does."""
 
 from training.attacks.bpda import BPDA
 from training.attacks.joint import joint_pgd
-from training.attacks.pgd import fgsm, pgd
+from training.attacks.pgd import pgd
 
-__all__ = ["BPDA", "fgsm", "joint_pgd", "pgd"]
+__all__ = ["BPDA", "joint_pgd", "pgd"]

@@ -1,4 +1,5 @@
-"""Projected gradient descent (Madry et al., ICLR 2018) with EOT, and FGSM (Goodfellow et al., 2015).
+"""Projected gradient descent (Madry et al., ICLR 2018) with EOT; FGSM (Goodfellow et al., 2015)
+is its one-step case, ``pgd(..., steps=1, step_size=eps, random_start=False)``.
 
 Threat models: L∞ ball ‖δ‖∞ ≤ ε or L2 ball ‖δ‖₂ ≤ ε around x, intersected with [0, 1].
 
@@ -104,7 +105,3 @@ def pgd(
         x = (images + delta).clamp(0, 1)
     return best_x.detach()
 
-
-def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, eot: int = 1) -> torch.Tensor:
-    """One signed-gradient step of size ε from the clean image (L∞)."""
-    return pgd(model, images, labels, eps, steps=1, step_size=eps, norm="linf", random_start=False, eot=eot)
