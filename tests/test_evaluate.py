@@ -112,3 +112,15 @@ def test_results_table_is_made_from_the_report(report_dir):
     assert entry["inference_ms"] > 0 and entry["training_min"] > 0
     table = markdown([entry])
     assert "(not conformant)" in table and f"{entry['clean']:.2%}" in table
+
+
+def test_joint_worst_case_also_counts_the_l_inf_attacks_of_its_radius():
+    """The joint ball contains the L∞ ball of the same ε, so an image any L∞ attack broke is lost there too."""
+    from training.evaluate import Evaluation, Unit
+    from training.report import robust_table
+
+    units = [Unit("classifier", "pgd", "linf", 0.1), Unit("classifier", "joint_pgd", "joint", 0.1)]
+    results = {units[0].key: {"correct": [1, 1, 0, 1]}, units[1].key: {"correct": [1, 0, 1, 1]}}
+    table = robust_table(Evaluation(None, None, units, results, None, None, {}))
+    assert table["classifier"]["joint"]["0.1"] == {"joint_pgd": 0.75, "worst_case": 0.5}
+    assert table["classifier"]["linf"]["0.1"]["worst_case"] == 0.75
