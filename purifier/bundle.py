@@ -66,6 +66,8 @@ class Bundle:
         return self.manifest.get("purifier") is not None
 
     def classifier(self) -> nn.Module:
+        if not self.manifest.get("classifier"):
+            raise BundleError(f"bundle {self.path} has no classifier (a flow bundle only serves as --flow / --joint-flow); pass a classifier or pipeline bundle")
         return _build_model(self, "classifier", CLASSIFIERS)
 
     def purifier(self) -> nn.Module | None:

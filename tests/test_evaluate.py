@@ -94,6 +94,17 @@ def test_partial_results_of_other_options_are_refused(report_dir):
         evaluate(DEFAULT_BUNDLE, report_dir, EvaluationConfig.quick_run(**{**TINY, "images": 16}))
 
 
+@pytest.mark.parametrize("bundle,flow,match", [
+    ("fmnist-flow", None, "has no classifier"),
+    ("fmnist-standard", "fmnist-standard", "has no flow"),
+])
+def test_a_bundle_of_the_wrong_kind_is_refused_before_anything_is_written(bundle, flow, match, tmp_path):
+    config = EvaluationConfig.quick_run(**TINY, joint_flow=flow and DEFAULT_BUNDLE.parent / flow)
+    with pytest.raises(PurifierError, match=match):
+        evaluate(DEFAULT_BUNDLE.parent / bundle, tmp_path / "out", config)
+    assert not (tmp_path / "out").exists()
+
+
 def test_record_writes_headline_into_a_verified_bundle(report_dir, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(DEFAULT_BUNDLE, copy)

@@ -214,6 +214,9 @@ def evaluate(bundle_path: Path, out: Path, config: EvaluationConfig, data_dir: P
     """Run (or resume) the protocol on a bundle; report.py turns the result into files. ``reuse_classifier``: a report
     directory whose finished attacks on the same classifier are taken instead of being run again."""
     bundle = load_bundle(bundle_path)
+    models = _models(bundle, config.seed)  # a bundle or flow that cannot be used fails before anything is written
+    flow_bundle = load_bundle(config.joint_flow) if config.joint_flow is not None else None
+    flow = flow_bundle.flow().requires_grad_(False) if flow_bundle is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     partial = _Partial(out / "partial.json", bundle, config)
@@ -223,9 +226,6 @@ def evaluate(bundle_path: Path, out: Path, config: EvaluationConfig, data_dir: P
             if len(record["correct"]) > len(results.get(key, {}).get("correct", [])):
                 results[key] = record
         results["classifier_attacks_from"] = str(reuse_classifier)
-    models = _models(bundle, config.seed)
-    flow_bundle = load_bundle(config.joint_flow) if config.joint_flow is not None else None
-    flow = flow_bundle.flow().requires_grad_(False) if flow_bundle is not None else None
     stochastic = {name: isinstance(model, Pipeline) and model.is_stochastic for name, model in models.items()}
     _, all_images, all_labels = load_split(dataset_kind(bundle), data_dir, "test")
 
