@@ -193,6 +193,7 @@ def compose_bundle(purifier_from: Path | str, classifier_from: Path | str, out: 
     with_purifier, with_classifier = load_bundle(purifier_from), load_bundle(classifier_from)
     if not with_purifier.has_purifier:
         raise BundleError(f"{purifier_from} has no purifier; pass a bundle written by 'purifier train purifier|atop|jatp'")
+    classifier, purifier = with_classifier.classifier(), with_purifier.purifier()
     if (with_purifier.input_shape, with_purifier.class_names) != (with_classifier.input_shape, with_classifier.class_names):
         raise BundleError(f"{purifier_from} and {classifier_from} were trained on different data (input shape or classes differ)")
     record = {"stage": "compose", "command": command, "arguments": {"purifier": str(purifier_from), "classifier": str(classifier_from)}, "wall_time_s": 0.0}
@@ -202,4 +203,4 @@ def compose_bundle(purifier_from: Path | str, classifier_from: Path | str, out: 
         "name": Path(out).name, "dataset": with_classifier.manifest["dataset"], "classifier": classifier_entry, "purifier": purifier_entry,
         "training": with_classifier.training_records("classifier") + with_purifier.training_records("purifier") + [record], "metrics": {},
     }
-    return write_bundle(out, manifest, {"classifier": with_classifier.classifier(), "purifier": with_purifier.purifier()})
+    return write_bundle(out, manifest, {"classifier": classifier, "purifier": purifier})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from purifier.bundle import compose_bundle, load_bundle
+from purifier.bundle import DEFAULT_BUNDLE, compose_bundle, load_bundle
 from purifier.errors import BundleError
 from training.attacks import pgd
 from training.jatp import JatpConfig, feature_distance, train_jatp
@@ -57,4 +57,6 @@ def test_compose_puts_one_bundles_purifier_in_front_of_anothers_classifier(jatp_
     assert [record["stage"] for record in reloaded.manifest["training"]] == ["classifier", "jatp", "compose"]
     with pytest.raises(BundleError, match="has no purifier"):
         compose_bundle(tiny_bundle.path.parent / "tiny-clf", tiny_bundle.path, tmp_path / "refused")
+    with pytest.raises(BundleError, match="has no classifier"):
+        compose_bundle(full.path, DEFAULT_BUNDLE.parent / "fmnist-flow", tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
