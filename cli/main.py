@@ -16,6 +16,7 @@ from pathlib import Path
 from cli.train import add_train_command
 from purifier.data import DATASETS
 from purifier.errors import PurifierError
+from training.attacks import JOINT_ETA
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-bpda", dest="bpda", action="store_false", help="skip the BPDA check")
     evaluate.add_argument("--joint-flow", type=Path, help="flow bundle: also run IJSAT's joint-space attack in its latent space")
     evaluate.add_argument("--joint-eps", type=float, help="joint-space attack: L∞ radius in image space (default 0.1)")
-    evaluate.add_argument("--joint-eta", type=float, help="joint-space attack: L∞ radius in the flow's latent space (default 0.03)")
+    evaluate.add_argument("--joint-eta", type=float, help=f"joint-space attack: L∞ radius in the flow's latent space (default {JOINT_ETA:g})")
     evaluate.add_argument("--reuse-classifier", type=Path, default=None, metavar="REPORT",
                           help="take the attacks on the bare classifier from this report of the same classifier weights and options "
                                "(a composed bundle), instead of running them again")

@@ -15,6 +15,7 @@ from purifier.errors import PurifierError
 from purifier.transforms import KINDS
 from training.adversarial import METHODS
 from training.atop import ATTACKS, LAMBDA_SCHEDULES
+from training.attacks import JOINT_ETA
 from training.jatp import EXAMPLES
 
 
@@ -119,7 +120,7 @@ def add_train_command(commands) -> None:
     ijsat.add_argument("--flow", type=Path, required=True, help="flow bundle from 'purifier train flow' (the joint space's latent)")
     ijsat.add_argument("--dataset", choices=DATASETS, help="fashion-mnist (default), cifar10 or folder")
     ijsat.add_argument("--eps", type=float, help="L∞ radius δ in image space (default 0.1)")
-    ijsat.add_argument("--eta", type=float, help="L∞ radius δz in the flow's latent space (default 0.03)")
+    ijsat.add_argument("--eta", type=float, help=f"L∞ radius δz in the flow's latent space (default {JOINT_ETA:g})")
     ijsat.add_argument("--attack-steps", type=int, help="joint PGD steps per batch (default 10)")
     ijsat.add_argument("--mixup-alpha", type=float, help="α of Robust Mixup's λ ~ Beta(α, α) (default 1.0)")
     ijsat.add_argument("--weight-decay", type=float)

@@ -29,7 +29,7 @@ def _perturbed(flow: Glow, scale: float) -> Glow:
 def test_decode_inverts_encode_to_float_precision(fmnist_test):
     torch.manual_seed(0)
     flow = _perturbed(Glow(in_channels=1, levels=2, steps=3, hidden=16), 0.02)
-    images = torch.from_numpy(fmnist_test.images[:16]).permute(0, 3, 1, 2).float() / 255
+    images, _ = fmnist_test.head(16).tensors()
     with torch.no_grad():
         z = flow.encode(images)
         assert z.shape == (16, 784)
@@ -47,10 +47,15 @@ def test_log_determinant_matches_the_brute_force_jacobian():
     assert abs(float(brute_force)) > 0.1  # not trivially the identity
 
 
-def test_the_committed_flow_inverts_real_images_and_nearby_latents(fmnist_test):
+@pytest.fixture(scope="module")
+def committed_flow() -> Glow:
+    return load_bundle(DEFAULT_BUNDLE.parent / "fmnist-flow").flow()
+
+
+def test_the_committed_flow_inverts_real_images_and_nearby_latents(committed_flow, fmnist_test):
     """A trained flow, not only a random one: its inverse must stay well-conditioned on the data and around it."""
-    flow = load_bundle(DEFAULT_BUNDLE.parent / "fmnist-flow").flow()
-    images = torch.from_numpy(fmnist_test.images[:64]).permute(0, 3, 1, 2).float() / 255
+    flow = committed_flow
+    images, _ = fmnist_test.head(64).tensors()
     with torch.no_grad():
         z = flow.encode(images)
         assert float((flow.decode(z) - images).abs().max()) < 1e-3
@@ -58,12 +63,11 @@ def test_the_committed_flow_inverts_real_images_and_nearby_latents(fmnist_test):
     assert torch.isfinite(nearby).all() and float(nearby.min()) > -1 and float(nearby.max()) < 2
 
 
-def test_latent_scale_grows_with_eta_from_zero(fmnist_test):
+def test_latent_scale_grows_with_eta_from_zero(committed_flow, fmnist_test):
     from training.latent_scale import pixel_displacement
 
-    flow = load_bundle(DEFAULT_BUNDLE.parent / "fmnist-flow").flow()
-    images = torch.from_numpy(fmnist_test.images[:32]).permute(0, 3, 1, 2).float() / 255
-    zero, small, large = (pixel_displacement(flow, images, eta) for eta in (0.0, 0.03, 0.1))
+    images, _ = fmnist_test.head(32).tensors()
+    zero, small, large = (pixel_displacement(committed_flow, images, eta) for eta in (0.0, 0.03, 0.1))
     assert zero["linf"] < 1e-3
     assert 1e-3 < small["linf"] < large["linf"] and small["l2"] < large["l2"]
 

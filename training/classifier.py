@@ -19,6 +19,7 @@ from training.common import (
     TrainConfig, accuracy, channel_stats, checkpoint_dir_for, fingerprint, load_split, metric, publish, seed_everything, training_record,
 )
 from training.adversarial import adversarial_batch
+from training.attacks import JOINT_ETA
 from training.ijsat import robust_mixup_batch
 from training.loop import TrainState, batches, progress, run_epochs
 
@@ -31,7 +32,7 @@ class ClassifierConfig(TrainConfig):
     eps: float = 0.1
     attack_steps: int = 10
     flow: Path | None = None
-    eta: float = 0.03
+    eta: float = JOINT_ETA
     mixup_alpha: float = 1.0
 
     def __post_init__(self) -> None:

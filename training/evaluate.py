@@ -31,7 +31,7 @@ from purifier.bundle import Bundle, load_bundle
 from purifier.errors import PurifierError
 from purifier.fsutil import atomic_write_json
 from purifier.pipeline import Pipeline
-from training.attacks import BPDA, joint_pgd, pgd
+from training.attacks import BPDA, JOINT_ETA, joint_pgd, pgd
 from training.common import accuracy, dataset_kind, load_split
 from training.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from training.loop import progress
@@ -58,7 +58,7 @@ class EvaluationConfig:
     quick: bool = False
     joint_flow: Path | None = None
     joint_eps: float = 0.1
-    joint_eta: float = 0.03
+    joint_eta: float = JOINT_ETA
 
     @classmethod
     def quick_run(cls, **overrides) -> "EvaluationConfig":

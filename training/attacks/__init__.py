@@ -2,7 +2,7 @@
 whole Pipelines alike): gradients flow through everything the model does."""
 
 from training.attacks.bpda import BPDA
-from training.attacks.joint import joint_pgd
+from training.attacks.joint import JOINT_ETA, joint_pgd
 from training.attacks.pgd import pgd
 
-__all__ = ["BPDA", "joint_pgd", "pgd"]
+__all__ = ["BPDA", "JOINT_ETA", "joint_pgd", "pgd"]
