@@ -69,7 +69,7 @@ STEPS[eval-jatp-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-static-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-on-ijsat]+=" --reuse-classifier reports/fmnist-ijsat"
-for name in fmnist-standard fmnist-pgd-at fmnist-ijsat; do
+for name in fmnist-standard fmnist-pgd-at fmnist-ijsat fmnist-jatp-on-ijsat; do
   STEPS[joint-${name#fmnist-}]="joint $name"
   ORDER+=("joint-${name#fmnist-}")
 done
