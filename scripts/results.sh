@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every training run and evaluation behind docs/RESULTS.md, with the exact commands.
 #   scripts/results.sh                 all steps, in order
-#   scripts/results.sh STEP [STEP...]  only these steps (names below, e.g. atop-rt2 eval-atop-rt2)
+#   scripts/results.sh STEP [STEP...]  only these steps (names below, e.g. atop-rt3 eval-atop-rt3)
 # Idempotent and resumable: a finished bundle or report is skipped, an interrupted training or
 # evaluation continues from its checkpoint / partial.json when the step is run again.
 # Wall times on 2 CPU cores: minutes for the classifiers, about an hour per AToP fine-tuning,
@@ -37,18 +37,19 @@ joint() {  # joint NAME: add IJSAT's joint-space attack (latent space of bundles
     purifier evaluate "bundles/$1" --out "reports/$1" --record --joint-flow bundles/fmnist-flow
 }
 
-# The served default, bundles/fmnist-default, is the AToP RT2 pipeline (step atop-rt2). The
-# previous default, a purifier trained only to reconstruct (by an earlier version of 'train
-# purifier', so no step remakes it), is bundles/fmnist-reconstruction.
+# The served default, bundles/fmnist-default, is the AToP RT1 pipeline (step atop-rt1). The
+# defaults before it: the AToP RT2 pipeline (bundles/fmnist-atop-rt2) and a purifier trained only
+# to reconstruct (by an earlier version of 'train purifier', so no step remakes it),
+# bundles/fmnist-reconstruction.
 declare -A STEPS=(
   [standard]="train bundles/fmnist-standard classifier --epochs 15"
   [pgd-at]="train bundles/fmnist-pgd-at classifier --method pgd --attack-steps 7 --eps 0.1 --epochs 15"
   [fgsm-rs]="train bundles/fmnist-fgsm-rs classifier --method fgsm_rs --eps 0.1 --epochs 15"
   [pretrained]="train bundles/fmnist-pretrained purifier --classifier bundles/fmnist-standard --epochs 10"
-  [atop-rt1]="train bundles/fmnist-atop-rt1 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform mask --epochs 5"
-  [atop-rt2]="train bundles/fmnist-default atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_mask --epochs 5"
+  [atop-rt1]="train bundles/fmnist-default atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform mask --epochs 5"
+  [atop-rt2]="train bundles/fmnist-atop-rt2 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_mask --epochs 5"
   [atop-rt3]="train bundles/fmnist-atop-rt3 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_multimask --masks 2 --epochs 5"
-  [atop-rt2-pgd]="train bundles/fmnist-atop-rt2-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_mask --attack pgd --attack-steps 5 --epochs 5"
+  [atop-rt1-pgd]="train bundles/fmnist-atop-rt1-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform mask --attack pgd --attack-steps 5 --epochs 5"
   [jatp]="train bundles/fmnist-jatp jatp --classifier bundles/fmnist-standard --epochs 3"
   [jatp-pgd-at]="train bundles/fmnist-jatp-pgd-at jatp --classifier bundles/fmnist-pgd-at --epochs 3"
   [jatp-static]="train bundles/fmnist-jatp-static jatp --classifier bundles/fmnist-standard --examples static --feature-weight 0 --epochs 3"
@@ -58,8 +59,8 @@ declare -A STEPS=(
   [jatp-static-on-pgd-at]="compose bundles/fmnist-jatp-static-on-pgd-at --purifier bundles/fmnist-jatp-static --classifier bundles/fmnist-pgd-at"
   [jatp-on-ijsat]="compose bundles/fmnist-jatp-on-ijsat --purifier bundles/fmnist-jatp --classifier bundles/fmnist-ijsat"
 )
-ORDER=(standard pgd-at fgsm-rs pretrained atop-rt2 atop-rt1 atop-rt3 atop-rt2-pgd jatp jatp-static jatp-on-pgd-at jatp-static-on-pgd-at jatp-pgd-at flow ijsat jatp-on-ijsat)
-for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-reconstruction fmnist-pretrained fmnist-default fmnist-atop-rt1 fmnist-atop-rt3 fmnist-atop-rt2-pgd \
+ORDER=(standard pgd-at fgsm-rs pretrained atop-rt1 atop-rt2 atop-rt3 atop-rt1-pgd jatp jatp-static jatp-on-pgd-at jatp-static-on-pgd-at jatp-pgd-at flow ijsat jatp-on-ijsat)
+for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-reconstruction fmnist-pretrained fmnist-default fmnist-atop-rt2 fmnist-atop-rt3 fmnist-atop-rt1-pgd \
     fmnist-jatp fmnist-jatp-static fmnist-jatp-on-pgd-at fmnist-jatp-static-on-pgd-at fmnist-jatp-pgd-at fmnist-ijsat fmnist-jatp-on-ijsat; do
   STEPS[eval-${name#fmnist-}]="evaluate $name"
   ORDER+=("eval-${name#fmnist-}")
