@@ -43,7 +43,7 @@ def _add_purifier_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transform", choices=KINDS, help="random transform: mask (RT1), noise_mask (RT2, default) or noise_multimask (RT3)")
     parser.add_argument("--block-size", type=int, help="mask block size in pixels (default 4)")
     parser.add_argument("--missing-rate", type=float, help="fraction of blocks each mask drops (default 0.25)")
-    parser.add_argument("--noise-std", type=float, help="σ of the Gaussian noise of RT2/RT3 (default 0.1)")
+    parser.add_argument("--noise-std", type=float, help="σ of the Gaussian noise of RT2/RT3 (default 0.1; RT1 adds none)")
     parser.add_argument("--masks", type=int, help="RT3: number of non-overlapping masks N (masks × missing rate ≤ 1)")
     parser.add_argument("--gan-weight", type=float, help="weight w of the hinge GAN term beside L1 (default 0.01; 0: L1 only)")
 

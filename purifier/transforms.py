@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 KINDS = ("none", "mask", "noise_mask", "noise_multimask")
+NOISELESS_KINDS = ("none", "mask")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class RandomTransform:
             raise ValueError(f"unknown random transform {self.kind!r}; use one of {', '.join(KINDS)}")
         if not 0.0 <= self.missing_rate < 1.0 or self.block_size < 1 or self.noise_std < 0:
             raise ValueError(f"invalid random transform settings: {self}")
+        if self.kind in NOISELESS_KINDS and self.noise_std > 0:
+            raise ValueError(f"random transform {self.kind!r} adds no noise: set noise_std to 0 or use noise_mask / noise_multimask")
         if (self.kind == "noise_multimask") != (self.masks > 1) or self.masks * self.missing_rate > 1.0 + 1e-9:
             raise ValueError(f"invalid random transform settings: {self} (RT3 needs masks >= 2 and masks * missing_rate <= 1; other kinds use one mask)")
 
@@ -56,7 +59,7 @@ class RandomTransform:
         owner = np.floor(rng.random((batch, 1, rows, cols)) / self.missing_rate) if self.missing_rate > 0 else np.full((batch, 1, rows, cols), np.inf)
         keep = (owner != np.arange(self.masks).reshape(1, -1, 1, 1)).astype(np.float32)
         mask = np.repeat(np.repeat(keep, self.block_size, axis=2), self.block_size, axis=3)[:, :, :height, :width]
-        if self.kind != "mask" and self.noise_std > 0:
+        if self.noise_std > 0:
             noise = (rng.standard_normal(noise.shape) * self.noise_std).astype(np.float32)
         return np.ascontiguousarray(mask), noise
 

@@ -39,12 +39,20 @@ def test_cli_trains_an_rt3_pipeline_that_exports_with_parity(tiny_bundle, tmp_pa
     assert load_bundle(out).pipeline().is_stochastic
 
 
-def test_invalid_transform_settings_are_one_line_errors(tiny_bundle, tmp_path, capsys):
+@pytest.mark.parametrize("options, message", [(["--transform", "noise_multimask", "--masks", "5"], "masks * missing_rate <= 1"),
+                                             (["--transform", "mask", "--noise-std", "0.1"], "adds no noise")])
+def test_invalid_transform_settings_are_one_line_errors(tiny_bundle, tmp_path, capsys, options, message):
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "atop", "--classifier", str(tiny_bundle.path), "--transform", "noise_multimask", "--masks", "5", "--out", str(tmp_path / "x")])
+        main(["train", "atop", "--classifier", str(tiny_bundle.path), *options, "--out", str(tmp_path / "x")])
     assert exit_info.value.code == 2
-    assert "masks * missing_rate <= 1" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_noise_default_follows_the_transform(tiny_bundle, tmp_path):
+    def noise_std(transform: str) -> float:
+        return AtopConfig(out=tmp_path / "x", classifier=tiny_bundle.path, transform=transform).random_transform().noise_std
+    assert noise_std("mask") == 0.0 and noise_std("noise_mask") == 0.1
 
 
 def test_hinge_discriminator_learns_to_separate_real_from_blurred():

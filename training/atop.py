@@ -32,7 +32,7 @@ from purifier.bundle import Bundle, load_bundle
 from purifier.errors import DataError
 from purifier.models import PURIFIERS, build
 from purifier.pipeline import Pipeline
-from purifier.transforms import RandomTransform
+from purifier.transforms import NOISELESS_KINDS, RandomTransform
 from training.adversarial import adversarial_batch
 from training.common import (
     TrainConfig, accuracy, checkpoint_dir_for, classifier_and_training_data, dataset_kind, fingerprint, load_split, metric, publish, seed_everything, training_record,
@@ -55,7 +55,7 @@ class AtopConfig(TrainConfig):
     transform: str = "noise_mask"
     block_size: int = 4
     missing_rate: float = 0.25
-    noise_std: float = 0.1
+    noise_std: float | None = None  # None: 0.1 for the noisy transforms (RT2, RT3), 0 for RT1
     masks: int = 1
     gan_weight: float = 0.01
     attack: str = "fgsm_rs"
@@ -65,6 +65,8 @@ class AtopConfig(TrainConfig):
     lam_schedule: str = "constant"
 
     def __post_init__(self) -> None:
+        if self.noise_std is None:
+            self.noise_std = 0.0 if self.transform in NOISELESS_KINDS else 0.1
         if self.pretrain_epochs is None:
             self.pretrain_epochs = 0 if self.purifier else 5
         if self.attack not in ATTACKS or self.lam_schedule not in LAMBDA_SCHEDULES:
