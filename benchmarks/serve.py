@@ -23,8 +23,8 @@ import platform
 import tempfile
 import threading
 import time
-from dataclasses import asdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np

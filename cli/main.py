@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from cli.train import add_train_command
+from evaluation.attacks import JOINT_ETA
 from purifier.data import DATASETS
 from purifier.errors import PurifierError
-from training.attacks import JOINT_ETA
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -53,20 +53,40 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from training.evaluate import EvaluationConfig, evaluate
-    from training.report import write_report
+    from evaluation.evaluate import EvaluationConfig, evaluate
+    from evaluation.report import write_report
 
     names = {field.name for field in dataclasses.fields(EvaluationConfig)}
     options = {key: value for key, value in vars(args).items() if key in names and key != "quick"}
+    options["transfer_from"] = _transfer_sources(args)
+    for directory in args.baseline:
+        if not (directory / "report.json").exists():
+            raise PurifierError(f"{directory} holds no report.json; evaluate that bundle first or drop --baseline {directory}")
     config = EvaluationConfig.quick_run(**options) if args.quick else EvaluationConfig(**options)
     evaluation = evaluate(args.bundle, args.out, config, data_dir=args.data_dir, reuse_classifier=args.reuse_classifier)
-    report = write_report(evaluation, args.out, record=args.record)
+    report = write_report(evaluation, args.out, record=args.record, baselines=args.baseline)
     head = report["headline"]
-    print(f"{report['bundle']} ({head['model']}): clean {head['clean']:.2%}, L∞ 0.1 worst case {head['linf_0.1_worst_case']:.2%}, "
-          f"L2 1.5 worst case {head['l2_1.5_worst_case']:.2%}, corruptions {head['corruption_mean']:.2%}"
-          + "".join(f", {key.replace('_worst_case', '')} worst case {value:.2%}" for key, value in head.items() if key.startswith("joint_"))
-          + ("" if report["protocol"]["conformant"] else "  [not protocol-conformant]"))
+    which = f"worst of {head['draws']} draws" if head["draws"] > 1 else "deterministic"
+    threats = [key[: -len("_worst_of_n")] for key in head if key.endswith("_worst_of_n") and key != "clean_worst_of_n"]
+    print(f"{report['bundle']} ({head['model']}, {which}): clean {head['clean_worst_of_n']:.2%}, "
+          + ", ".join(f"{threat.replace('linf_', 'L∞ ').replace('l2_', 'L2 ').replace('_', ' ')} {head[threat + '_worst_of_n']:.2%}" for threat in threats)
+          + f", corruptions {head['corruption_mean']:.2%}" + ("" if report["protocol"]["conformant"] else "  [not protocol-conformant]"))
+    if head["gradient_masking"] and head["gradient_masking"]["flagged"]:
+        print(f"possible gradient masking: gradient-free attacks broke images the gradient attacks left standing ({head['gradient_masking']['single']}); see report.md")
     print(f"wrote {args.out / 'report.md'}, report.json and plots" + (f"; recorded in {args.bundle / 'bundle.json'}" if args.record else ""))
+
+
+def _transfer_sources(args: argparse.Namespace) -> tuple[Path, ...]:
+    """--transfer-from as given ('none': no transfer); by default the committed Fashion-MNIST baselines, for a Fashion-MNIST bundle."""
+    given = getattr(args, "transfer_from", None)
+    if given is not None:
+        return tuple(path for path in given if str(path) != "none")
+    from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+
+    if load_bundle(args.bundle).dataset_kind != "fashion-mnist":
+        return ()
+    defaults = tuple(DEFAULT_BUNDLE.parent / name for name in ("fmnist-standard", "fmnist-pgd-at"))
+    return tuple(path for path in defaults if (path / "bundle.json").exists())
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -140,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--joint-flow", type=Path, help="flow bundle: also run IJSAT's joint-space attack in its latent space")
     evaluate.add_argument("--joint-eps", type=float, help="joint-space attack: L∞ radius in image space (default 0.1)")
     evaluate.add_argument("--joint-eta", type=float, help=f"joint-space attack: L∞ radius in the flow's latent space (default {JOINT_ETA:g})")
+    evaluate.add_argument("--draws", type=int, help="fresh transform draws each adversarial (and clean) image of a stochastic model is judged on; "
+                          "it counts only if all are right (default 10)")
+    evaluate.add_argument("--square-queries", type=int, help="queries of the gradient-free Square attack at L∞ 0.1 (default 5000; 0 skips it)")
+    evaluate.add_argument("--transfer-from", type=Path, action="append", metavar="BUNDLE",
+                          help="also attack with PGD examples crafted against this bundle's bare classifier (repeatable; 'none' for no "
+                               "transfer; default for Fashion-MNIST: the committed fmnist-standard and fmnist-pgd-at bundles)")
+    evaluate.add_argument("--baseline", type=Path, action="append", default=[], metavar="REPORT",
+                          help="report directory whose defended model is drawn beside this one in accuracy_vs_eps.png (repeatable)")
     evaluate.add_argument("--reuse-classifier", type=Path, default=None, metavar="REPORT",
                           help="take the attacks on the bare classifier from this report of the same classifier weights and options "
                                "(a composed bundle), instead of running them again")

@@ -10,12 +10,12 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from evaluation.attacks import JOINT_ETA
 from purifier.data import DATASETS
 from purifier.errors import PurifierError
 from purifier.transforms import KINDS
 from training.adversarial import METHODS
 from training.atop import ATTACKS, LAMBDA_SCHEDULES
-from training.attacks import JOINT_ETA
 from training.jatp import EXAMPLES
 
 
@@ -51,13 +51,17 @@ def _add_purifier_training(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> None:
     """Build the trainer's config from the options given on the command line, then train."""
     if args.trainer in ("classifier", "ijsat"):
-        from training.classifier import ClassifierConfig as Config, train_classifier as train
+        from training.classifier import ClassifierConfig as Config
+        from training.classifier import train_classifier as train
     elif args.trainer == "jatp":
-        from training.jatp import JatpConfig as Config, train_jatp as train
+        from training.jatp import JatpConfig as Config
+        from training.jatp import train_jatp as train
     elif args.trainer == "flow":
-        from training.flow import FlowConfig as Config, train_flow as train
+        from training.flow import FlowConfig as Config
+        from training.flow import train_flow as train
     else:
-        from training.atop import AtopConfig as Config, train_atop as train
+        from training.atop import AtopConfig as Config
+        from training.atop import train_atop as train
     if args.trainer == "ijsat":
         args.method = "ijsat"
     if args.trainer == "purifier":  # AToP's pre-training stage alone

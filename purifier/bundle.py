@@ -62,6 +62,12 @@ class Bundle:
         return RandomTransform(**purifier["random_transform"]) if purifier else RandomTransform()
 
     @property
+    def dataset_kind(self) -> str:
+        """The load_dataset name of the bundle's data ('folder' for bundles trained on an ImageFolder)."""
+        name = self.manifest["dataset"]["name"]
+        return "folder" if name.startswith("folder:") else name
+
+    @property
     def has_purifier(self) -> bool:
         return self.manifest.get("purifier") is not None
 

@@ -28,8 +28,8 @@ def fmnist_test():
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     """Classifier + purifier pre-trained (L_gan+rec) for one epoch on 1,000 real images."""
-    from training.classifier import ClassifierConfig, train_classifier
     from training.atop import AtopConfig, train_atop
+    from training.classifier import ClassifierConfig, train_classifier
 
     root = tmp_path_factory.mktemp("bundles")
     train_classifier(ClassifierConfig(out=root / "tiny-clf", epochs=1, limit=1000, command="test"))

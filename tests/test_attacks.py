@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from evaluation.accuracy import accuracy
+from evaluation.attacks import BPDA, pgd
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
-from training.attacks import BPDA, pgd
-from training.common import accuracy
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import purifier
+from evaluation.accuracy import accuracy
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle, update_manifest
 from purifier.errors import BundleError
-from training.common import accuracy
 
 
 @pytest.fixture()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from evaluation.accuracy import accuracy
+from evaluation.corruptions import CORRUPTIONS, corrupt
 from purifier.bundle import load_bundle
-from training.common import accuracy
-from training.corruptions import CORRUPTIONS, corrupt
 
 
 @pytest.fixture(scope="module")

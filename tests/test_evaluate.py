@@ -7,12 +7,13 @@ import shutil
 
 import pytest
 
+from evaluation.evaluate import EvaluationConfig, evaluate
+from evaluation.report import write_report
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
 from purifier.errors import PurifierError
-from training.evaluate import EvaluationConfig, evaluate
-from training.report import write_report
 
-TINY = dict(images=8, clean_images=200, corruption_images=40, batch_size=8)
+TINY = dict(images=8, clean_images=200, corruption_images=40, batch_size=8,
+            transfer_from=(DEFAULT_BUNDLE.parent / "fmnist-standard", DEFAULT_BUNDLE.parent / "fmnist-pgd-at"))
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,10 @@ def test_report_files_and_invariants(report_dir):
     for model, norms in report["robust"].items():
         for radii in norms.values():
             for attacks in radii.values():
-                assert attacks["worst_case"] <= min(v for k, v in attacks.items() if k != "worst_case")
-    assert set(report["robust"]["pipeline"]["linf"]["0.1"]) == {"pgd", "bpda", "autoattack", "worst_case"}
+                assert attacks["worst_case"] <= min(v for k, v in attacks.items() if k not in ("worst_case", "worst_of_n"))
+    assert set(report["robust"]["pipeline"]["linf"]["0.1"]) == {
+        "pgd", "bpda", "autoattack", "square", "transfer:fmnist-standard", "transfer:fmnist-pgd-at", "worst_case", "worst_of_n"}
+    assert "transfer:fmnist-standard" not in report["robust"]["classifier"]["linf"]["0.1"]  # its own weights: white-box PGD already ran
     assert report["robust"]["classifier"]["linf"]["0.1"]["worst_case"] <= 0.125  # undefended: near 0
     assert len(report["corruptions"]["pipeline"]["per_type"]) == 10
     assert "Not protocol-conformant" in (report_dir / "report.md").read_text()
@@ -115,23 +118,126 @@ def test_record_writes_headline_into_a_verified_bundle(report_dir, tmp_path):
 
 
 def test_results_table_is_made_from_the_report(report_dir):
-    from training.results_table import markdown, row
+    from evaluation.results_table import markdown, row
 
     entry = row(report_dir)
     report = json.loads((report_dir / "report.json").read_text())
     assert entry["clean"] == report["headline"]["clean"] and entry["linf"] == report["headline"]["linf_0.1_worst_case"]
     assert entry["inference_ms"] > 0 and entry["training_min"] > 0
     table = markdown([entry])
-    assert "(not conformant)" in table and f"{entry['clean']:.2%}" in table
+    assert "(not conformant)" in table and f"{entry['clean']:.1%} [" in table
+    assert entry["linf_worst_of_n"] == report["headline"]["linf_0.1_worst_of_n"] <= entry["linf"]
+
+
+def test_compare_pairs_two_reports_image_by_image(report_dir):
+    from evaluation.compare import compare
+
+    rows = compare(report_dir, report_dir)
+    assert {threat for threat, *_ in rows} >= {"clean", "linf_0.1", "l2_1.5"}
+    assert all(test.only_a == test.only_b == 0 and test.p_value == 1.0 and a == b for _, _, a, b, test in rows)
 
 
 def test_joint_worst_case_also_counts_the_l_inf_attacks_of_its_radius():
     """The joint ball contains the L∞ ball of the same ε, so an image any L∞ attack broke is lost there too."""
-    from training.evaluate import Evaluation, Unit
-    from training.report import robust_table
+    from evaluation.evaluate import Evaluation, Unit
+    from evaluation.report import robust_table
 
     units = [Unit("classifier", "pgd", "linf", 0.1), Unit("classifier", "joint_pgd", "joint", 0.1)]
     results = {units[0].key: {"correct": [1, 1, 0, 1]}, units[1].key: {"correct": [1, 0, 1, 1]}}
     table = robust_table(Evaluation(None, None, units, results, None, None, {}))
     assert table["classifier"]["joint"]["0.1"] == {"joint_pgd": 0.75, "worst_case": 0.5}
     assert table["classifier"]["linf"]["0.1"]["worst_case"] == 0.75
+
+
+def test_worst_of_n_draws_never_exceeds_one_draw(report_dir):
+    """Draw 0 is the single-draw prediction, so an image right on all N draws is right on draw 0."""
+    results = json.loads((report_dir / "partial.json").read_text())["results"]
+    report = json.loads((report_dir / "report.json").read_text())
+    judged = [record for key, record in results.items() if key.startswith("pipeline|")]
+    assert judged and all(record["draws"] == 4 and len(record["correct_all_draws"]) == len(record["correct"]) for record in judged)
+    assert all(not every or single for record in judged for single, every in zip(record["correct"], record["correct_all_draws"]))
+    assert not any("correct_all_draws" in record for key, record in results.items() if key.startswith("classifier|"))  # deterministic: N = 1
+    clean = results["clean_draws"]["pipeline"]
+    assert clean["single"].count("1") / len(clean["single"]) == results["clean"]["pipeline"]  # the earlier single-draw figure
+    assert all(not every or single for single, every in zip(map(int, clean["single"]), map(int, clean["all_draws"])))
+    head = report["headline"]
+    assert head["draws"] == 4 and head["headline"] == "worst_of_n"
+    assert head["clean_worst_of_n"] <= head["clean"] and head["linf_0.1_worst_of_n"] <= head["linf_0.1_worst_case"]
+    for key, (low, high) in head["intervals"].items():
+        assert low <= head[key] <= high
+    assert "worst of 4" in (report_dir / "report.md").read_text()
+
+
+def test_a_run_made_before_worst_of_n_is_completed_without_redoing_it(report_dir, tmp_path):
+    """Records without per-draw results get them by attacking the survivors again; the single-draw lists stay as they were."""
+    saved = json.loads((report_dir / "partial.json").read_text())
+    for key, record in saved["results"].items():
+        if key.startswith("pipeline|"):
+            del record["correct_all_draws"], record["draws"]
+    del saved["results"]["clean_draws"]
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "partial.json").write_text(json.dumps(saved))
+    results = evaluate(DEFAULT_BUNDLE, out, EvaluationConfig.quick_run(**TINY)).results
+    for key, record in results.items():
+        if key.startswith("pipeline|"):
+            assert record["correct"] == saved["results"][key]["correct"] and "catch_up_seconds" in record
+            assert len(record["correct_all_draws"]) == len(record["correct"])
+            assert all(not every or single for single, every in zip(record["correct"], record["correct_all_draws"]))
+    assert results["clean_draws"]["draws"] == 4
+
+
+def test_square_breaks_an_undefended_classifier():
+    """Square alone, without a gradient, takes the standard classifier from >80% to almost nothing at L∞ 0.1."""
+    from evaluation.accuracy import accuracy
+    from evaluation.attacks import square
+    from purifier.data import load_split
+
+    classifier = load_bundle(DEFAULT_BUNDLE.parent / "fmnist-standard").classifier()
+    _, images, labels = load_split("fashion-mnist", None, "test", 32)
+    adversarial = square(classifier, images, labels, eps=0.1, queries=300)
+    assert float((adversarial - images).abs().max()) <= 0.1 + 1e-6 and 0 <= float(adversarial.min()) and float(adversarial.max()) <= 1
+    assert accuracy(classifier, images, labels) > 0.8 and accuracy(classifier, adversarial, labels) <= 0.1
+
+
+def test_wilson_intervals_contain_the_estimate_and_mcnemar_is_exact():
+    from evaluation.stats import mcnemar, wilson
+
+    for total in (1, 7, 500, 10_000):
+        for correct in sorted({0, 1, total // 3, total // 2, total - 1, total}):
+            low, high = wilson(correct, total)
+            assert 0 <= low <= correct / total <= high <= 1
+    assert wilson(250, 500)[1] - wilson(250, 500)[0] == pytest.approx(0.0873, abs=1e-3)  # ±4.4 points at 500 images
+    test = mcnemar([True] * 34 + [False] * 16, [False] * 34 + [True] * 16)
+    assert (test.only_a, test.only_b) == (34, 16) and test.p_value == pytest.approx(0.0153, abs=1e-4)
+    assert mcnemar([True, False], [True, False]).p_value == 1.0
+
+
+def test_a_planted_gradient_masking_defence_is_flagged():
+    """A classifier behind input quantisation has zero gradient almost everywhere: PGD stalls, Square does not,
+    and the report counts the images only Square broke."""
+    import torch
+    from torch import nn
+
+    from evaluation.attacks import pgd, square
+    from evaluation.evaluate import Evaluation, Unit
+    from evaluation.report import gradient_masking
+    from purifier.data import load_split
+
+    class QuantisedInput(nn.Module):
+        def __init__(self, classifier):
+            super().__init__()
+            self.classifier = classifier
+
+        def forward(self, x):
+            return self.classifier(torch.round(x * 255) / 255)
+
+    masked = QuantisedInput(load_bundle(DEFAULT_BUNDLE.parent / "fmnist-standard").classifier()).eval()
+    _, images, labels = load_split("fashion-mnist", None, "test", 32)
+    after_pgd = masked(pgd(masked, images, labels, 0.1, steps=20)).argmax(1) == labels
+    after_square = masked(square(masked, images, labels, 0.1, queries=300)).argmax(1) == labels
+    units = [Unit("classifier", "pgd", "linf", 0.1), Unit("classifier", "square", "linf", 0.1)]
+    results = {units[0].key: {"correct": after_pgd.tolist()}, units[1].key: {"correct": (after_pgd & after_square).tolist()}}
+    evaluation = Evaluation(None, EvaluationConfig(), units, results, images, labels, {"classifier": masked})
+    flag = gradient_masking(evaluation)["classifier"]
+    assert after_pgd.float().mean() > 0.5 and flag["flagged"] and flag["single"]["square"] >= int(after_pgd.sum()) - 3

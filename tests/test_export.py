@@ -11,8 +11,8 @@ import pytest
 from cli.main import main
 from export.onnx import ExportParityError, export_bundle
 from purifier.bundle import load_bundle
-from serving.runtime import OnnxRuntime, TorchRuntime, create_runtime
 from purifier.errors import PurifierError
+from serving.runtime import OnnxRuntime, TorchRuntime, create_runtime
 
 
 @pytest.fixture(scope="module")

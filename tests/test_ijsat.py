@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from cli.main import main
+from evaluation.accuracy import accuracy
+from evaluation.attacks import joint_pgd, pgd
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
 from purifier.models.flow import Glow
-from training.attacks import joint_pgd, pgd
 from training.ijsat import robust_mixup_batch
-from training.common import accuracy
 
 
 def _perturbed(flow: Glow, scale: float) -> Glow:
@@ -64,7 +64,7 @@ def test_the_committed_flow_inverts_real_images_and_nearby_latents(committed_flo
 
 
 def test_latent_scale_grows_with_eta_from_zero(committed_flow, fmnist_test):
-    from training.latent_scale import pixel_displacement
+    from evaluation.latent_scale import pixel_displacement
 
     images, _ = fmnist_test.head(32).tensors()
     zero, small, large = (pixel_displacement(committed_flow, images, eta) for eta in (0.0, 0.03, 0.1))
@@ -122,8 +122,8 @@ def test_train_ijsat_writes_a_classifier_bundle(flow_bundle, tmp_path, capsys):
 
 
 def test_evaluate_runs_the_joint_space_threat(flow_bundle, tmp_path):
-    from training.evaluate import EvaluationConfig, evaluate
-    from training.report import write_report
+    from evaluation.evaluate import EvaluationConfig, evaluate
+    from evaluation.report import write_report
 
     config = EvaluationConfig.quick_run(images=8, clean_images=100, corruption_images=20, batch_size=8, joint_flow=flow_bundle.path,
                                         autoattack=())

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from evaluation.attacks import pgd
 from purifier.bundle import DEFAULT_BUNDLE, compose_bundle, load_bundle
 from purifier.errors import BundleError
-from training.attacks import pgd
 from training.jatp import JatpConfig, feature_distance, train_jatp
 
 

@@ -25,8 +25,8 @@ from purifier.bundle import DEFAULT_BUNDLE, load_bundle
 from purifier.images import encode_png
 from serving.metrics import bundle_sha256
 from serving.service import PurificationService
-
-from tests.serving_helpers import PORT, needs_java, serve as _serve
+from tests.serving_helpers import PORT, needs_java
+from tests.serving_helpers import serve as _serve
 
 pytestmark = needs_java
 

@@ -10,7 +10,8 @@ import requests
 
 from purifier.bundle import DEFAULT_BUNDLE
 from purifier.fsutil import sha256_file
-from tests.serving_helpers import PORT, needs_java, serve as _serve
+from tests.serving_helpers import PORT, needs_java
+from tests.serving_helpers import serve as _serve
 
 pytestmark = needs_java
 

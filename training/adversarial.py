@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from training.attacks import pgd
+from evaluation.attacks import pgd
 
 METHODS = ("standard", "pgd", "fgsm_rs")
 

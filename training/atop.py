@@ -28,17 +28,20 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from evaluation.accuracy import accuracy
 from purifier.bundle import Bundle, load_bundle
+from purifier.data import load_split
 from purifier.errors import DataError
 from purifier.models import PURIFIERS, build
 from purifier.pipeline import Pipeline
+from purifier.progress import progress
 from purifier.transforms import NOISELESS_KINDS, RandomTransform
 from training.adversarial import adversarial_batch
 from training.common import (
-    TrainConfig, accuracy, checkpoint_dir_for, classifier_and_training_data, dataset_kind, fingerprint, load_split, metric, publish, seed_everything, training_record,
+    TrainConfig, checkpoint_dir_for, classifier_and_training_data, fingerprint, metric, publish, seed_everything, training_record,
 )
 from training.gan import ReconstructionGAN
-from training.loop import TrainState, batches, progress, run_epochs
+from training.loop import TrainState, batches, run_epochs
 
 ATTACKS = ("fgsm_rs", "pgd")
 LAMBDA_SCHEDULES = ("constant", "linear")
@@ -154,7 +157,7 @@ def train_atop(config: AtopConfig) -> Bundle:
 
     run_epochs(state, total_epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart)
     purifier.eval()
-    test, test_images, test_labels = load_split(dataset_kind(base), config.data_dir, "test")
+    test, test_images, test_labels = load_split(base.dataset_kind, config.data_dir, "test")
     protocol = {"split": "test", "images": len(test)}
     method = "atop" if config.epochs > 0 else "reconstruction"
     stage_name = "atop" if config.epochs > 0 else "purifier"

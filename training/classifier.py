@@ -13,15 +13,18 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from evaluation.accuracy import accuracy
+from evaluation.attacks import JOINT_ETA
 from purifier.bundle import Bundle, load_bundle
+from purifier.data import load_split
 from purifier.models import CLASSIFIERS, build
-from training.common import (
-    TrainConfig, accuracy, channel_stats, checkpoint_dir_for, fingerprint, load_split, metric, publish, seed_everything, training_record,
-)
+from purifier.progress import progress
 from training.adversarial import adversarial_batch
-from training.attacks import JOINT_ETA
+from training.common import (
+    TrainConfig, channel_stats, checkpoint_dir_for, fingerprint, metric, publish, seed_everything, training_record,
+)
 from training.ijsat import robust_mixup_batch
-from training.loop import TrainState, batches, progress, run_epochs
+from training.loop import TrainState, batches, run_epochs
 
 
 @dataclass(kw_only=True)

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from purifier.bundle import Bundle, load_bundle, write_bundle
-from purifier.data import ImageDataset, load_dataset
+from purifier.data import ImageDataset, load_split
 from purifier.errors import DataError
 from training import distributed
 from training.loop import TrainState
+
 
 @dataclass(kw_only=True)
 class TrainConfig:
@@ -62,22 +63,10 @@ def checkpoint_dir_for(out: Path) -> Path:
     return out.parent / f".{out.name}.checkpoint"
 
 
-def dataset_kind(bundle: Bundle) -> str:
-    """The load_dataset name for a bundle's data ('folder' for bundles trained on an ImageFolder)."""
-    name = bundle.manifest["dataset"]["name"]
-    return "folder" if name.startswith("folder:") else name
-
-
-def load_split(dataset: str, data_dir: Path | None, split: str, limit: int | None = None) -> tuple[ImageDataset, torch.Tensor, torch.Tensor]:
-    data = load_dataset(dataset, split, data_dir).head(limit)
-    images, labels = data.tensors()
-    return data, images, labels
-
-
 def classifier_and_training_data(config: Any) -> tuple[Bundle, ImageDataset, torch.Tensor, torch.Tensor]:
     """The bundle named by ``config.classifier`` and its data set's training split (shapes checked)."""
     base = load_bundle(config.classifier)
-    data, images, labels = load_split(dataset_kind(base), config.data_dir, "train", config.limit)
+    data, images, labels = load_split(base.dataset_kind, config.data_dir, "train", config.limit)
     if tuple(data.input_shape) != base.input_shape:
         raise DataError(f"data images are {data.input_shape} but bundle {config.classifier} expects {base.input_shape}; use the classifier's data")
     return base, data, images, labels
@@ -86,17 +75,6 @@ def classifier_and_training_data(config: Any) -> tuple[Bundle, ImageDataset, tor
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of float NCHW images: the classifier's built-in normalisation."""
     return images.mean(dim=(0, 2, 3)).tolist(), images.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
-    """Top-1 accuracy of ``model`` (logits out) in eval mode."""
-    model.eval()
-    correct = 0
-    for start in range(0, len(labels), batch_size):
-        logits = model(images[start:start + batch_size])
-        correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
-    return correct / max(len(labels), 1)
 
 
 def training_record(stage: str, config: Any, state: TrainState) -> dict[str, Any]:

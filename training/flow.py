@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 
 from purifier.bundle import Bundle
+from purifier.data import load_split
 from purifier.models import FLOWS, build
-from training.common import TrainConfig, checkpoint_dir_for, fingerprint, load_split, metric, publish, seed_everything, training_record
-from training.loop import TrainState, batches, progress, run_epochs
+from purifier.progress import progress
+from training.common import TrainConfig, checkpoint_dir_for, fingerprint, metric, publish, seed_everything, training_record
+from training.loop import TrainState, batches, run_epochs
 
 
 @dataclass(kw_only=True)

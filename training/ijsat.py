@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from evaluation.attacks import joint_pgd
 from training.adversarial import eval_mode
-from training.attacks import joint_pgd
 
 
 def robust_mixup_batch(

@@ -23,15 +23,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from evaluation.accuracy import accuracy
+from evaluation.attacks import pgd
 from purifier.bundle import Bundle
+from purifier.data import load_split
 from purifier.models import PURIFIERS, build
 from purifier.pipeline import Pipeline
+from purifier.progress import progress
 from purifier.transforms import RandomTransform
-from training.attacks import pgd
 from training.common import (
-    TrainConfig, accuracy, checkpoint_dir_for, classifier_and_training_data, dataset_kind, fingerprint, load_split, metric, publish, seed_everything, training_record,
+    TrainConfig, checkpoint_dir_for, classifier_and_training_data, fingerprint, metric, publish, seed_everything, training_record,
 )
-from training.loop import TrainState, batches, progress, run_epochs
+from training.loop import TrainState, batches, run_epochs
 
 EXAMPLES = ("full", "static")
 
@@ -117,7 +120,7 @@ def train_jatp(config: JatpConfig) -> Bundle:
 
     run_epochs(state, config.epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart)
     preprocessor.eval()
-    test, test_images, test_labels = load_split(dataset_kind(base), config.data_dir, "test")
+    test, test_images, test_labels = load_split(base.dataset_kind, config.data_dir, "test")
     protocol = {"split": "test", "images": len(test)}
     manifest = {
         "name": config.name or Path(config.out).name,

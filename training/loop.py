@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from training import distributed
 from training.checkpoint import load_checkpoint, save_checkpoint
@@ -61,13 +60,6 @@ def batches(count: int, batch_size: int, seed: int, epoch: int) -> Iterator[torc
         if size > 1 and len(batch) < size:
             return
         yield batch[rank::size]
-
-
-def progress(iterable, total: int, description: str):
-    """A tqdm bar on stderr; sparse updates when stderr is not a terminal (CI logs)."""
-    interactive = sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=description, file=sys.stderr, mininterval=0.2 if interactive else 30.0, leave=interactive,
-                dynamic_ncols=True, disable=not distributed.is_main())
 
 
 def run_epochs(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from purifier.data.cifar import load_cifar10
 from purifier.data.dataset import ImageDataset
 from purifier.data.folder import load_image_folder
@@ -26,4 +28,11 @@ def load_dataset(name: str, split: str = "train", data_dir: Path | None = None) 
     raise DataError(f"unknown data set {name!r}; use one of {', '.join(DATASETS)}")
 
 
-__all__ = ["DATASETS", "ImageDataset", "load_dataset"]
+def load_split(name: str, data_dir: Path | None, split: str, limit: int | None = None) -> tuple[ImageDataset, torch.Tensor, torch.Tensor]:
+    """A split (its first ``limit`` images) as the data set and its float NCHW images and labels."""
+    data = load_dataset(name, split, data_dir).head(limit)
+    images, labels = data.tensors()
+    return data, images, labels
+
+
+__all__ = ["DATASETS", "ImageDataset", "load_dataset", "load_split"]

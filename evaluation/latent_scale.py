@@ -1,6 +1,6 @@
 """How far a latent perturbation of a flow moves an image: the guide for choosing IJSAT's η.
 
-    python -m training.latent_scale bundles/fmnist-flow --eta 0.01 0.03 0.1 0.3
+    python -m evaluation.latent_scale bundles/fmnist-flow --eta 0.01 0.03 0.1 0.3
 
 For each η, every test image's latent code z = F(x) is moved by a random corner of the L∞ ball
 (δz = ±η per dimension) and decoded, and the pixel-space distance ‖clip(F⁻¹(z + δz)) − x‖ is
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from purifier.bundle import load_bundle
-from training.common import dataset_kind, load_split
+from purifier.data import load_split
 
 
 def pixel_displacement(flow: torch.nn.Module, images: torch.Tensor, eta: float, seed: int = 0) -> dict[str, float]:
@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     bundle = load_bundle(args.flow)
     flow = bundle.flow().requires_grad_(False)
-    _, images, _ = load_split(dataset_kind(bundle), args.data_dir, "test", args.images)
+    _, images, _ = load_split(bundle.dataset_kind, args.data_dir, "test", args.images)
     print(f"| η | pixel L∞ (mean) | pixel L2 (mean) |  ({len(images)} test images, {args.flow})\n|---|---|---|")
     for eta in args.eta:
         moved = pixel_displacement(flow, images, eta)

@@ -16,11 +16,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.attacks.pgd import cross_entropy
+from evaluation.attacks.pgd import cross_entropy
 
 # The latent radius IJSAT trains with and the evaluation attacks with, one threat for both. On
 # bundles/fmnist-flow a random step of this size moves pixels by about half of ε = 0.1 in L∞
-# (python -m training.latent_scale); 0.1 moved them by 0.18 and IJSAT training stayed at chance.
+# (python -m evaluation.latent_scale); 0.1 moved them by 0.18 and IJSAT training stayed at chance.
 JOINT_ETA = 0.03
 
 
