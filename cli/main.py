@@ -95,6 +95,9 @@ def _serve(args: argparse.Namespace) -> None:
     if args.stop:
         torchserve.stop()
         return
+    if args.key:
+        print(torchserve.status().inference_key)
+        return
     if args.status:
         server = torchserve.status()
         print(f"model '{server.model}' ready at {server.prediction_url()}")
@@ -118,7 +121,8 @@ def _purify(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="purifier", description="Adversarial purification: train, export, serve, purify.")
-    commands = parser.add_subparsers(dest="command_name", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command_name", metavar="COMMAND", title="commands")
 
     add_train_command(commands)
 
@@ -187,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-size", type=int, default=32, help="dynamic batching: most requests handled in one batch (default 32)")
     serve.add_argument("--max-batch-delay", type=int, default=1, help="dynamic batching: most milliseconds a request waits for others (default 1)")
     serve.add_argument("--stop", action="store_true", help="stop the running server")
-    serve.add_argument("--status", action="store_true", help="exit 0 if the served model is loaded and ready, else 2")
+    serve.add_argument("--status", action="store_true", help="exit 0 if the served model is loaded and ready, else 2 ('not running' when none is)")
+    serve.add_argument("--key", action="store_true", help="print the running server's inference key (for the Authorization: Bearer header)")
     serve.set_defaults(func=_serve)
 
     purify = commands.add_parser("purify", help="purify a folder of images (or a data set split) into DST with predictions; resumable, torchrun-able")
@@ -206,9 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("adversarial-purifier")
+    except PackageNotFoundError:
+        return "unknown (not installed: run scripts/bootstrap.sh)"
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command_name is None:  # no command: the list of commands, one line each
+        parser.print_help(sys.stderr)
+        sys.exit(2)
     args.command = "purifier " + shlex.join(argv)
     try:
         args.func(args)

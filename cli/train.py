@@ -16,6 +16,7 @@ from purifier.errors import PurifierError
 from purifier.transforms import KINDS
 from training.adversarial import METHODS
 from training.atop import ATTACKS, LAMBDA_SCHEDULES
+from training.common import finished_bundle
 from training.jatp import EXAMPLES
 
 
@@ -71,6 +72,11 @@ def _train(args: argparse.Namespace) -> None:
         config = Config(**{key: value for key, value in vars(args).items() if key in names})
     except ValueError as error:
         raise PurifierError(str(error)) from None
+    finished = finished_bundle(config)
+    if finished is not None:
+        print(f"{finished.path} is complete: trained by '{finished.manifest['training'][-1].get('command')}'; nothing to do "
+              "(pass --restart to train it again)")
+        return
     bundle = train(config)
     for name, entry in bundle.manifest["metrics"].items():
         print(f"{name}: {entry['value']:.4f} ({entry['protocol']})")
@@ -81,7 +87,7 @@ def _train(args: argparse.Namespace) -> None:
 def add_train_command(commands) -> None:
     """The ``train`` sub-command and its trainers, on the top-level sub-parsers ``commands``."""
     train = commands.add_parser("train", help="train a classifier, an AToP purifier, a JATP pre-processor or a flow into a bundle")
-    trainers = train.add_subparsers(dest="trainer", required=True)
+    trainers = train.add_subparsers(dest="trainer", required=True, metavar="TRAINER")
     classifier = trainers.add_parser("classifier", help="standard classifier training", argument_default=argparse.SUPPRESS)
     _add_common_training(classifier)
     classifier.add_argument("--dataset", choices=DATASETS, help="fashion-mnist (default), cifar10 or folder")

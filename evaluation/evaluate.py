@@ -39,7 +39,6 @@ from evaluation.accuracy import correct_on_draws, is_stochastic
 from evaluation.attacks import BPDA, JOINT_ETA, joint_pgd, pgd, square
 from evaluation.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from purifier.bundle import Bundle, load_bundle
-from purifier.data import load_split
 from purifier.errors import PurifierError
 from purifier.fsutil import atomic_write_json
 from purifier.progress import progress
@@ -343,7 +342,7 @@ def evaluate(bundle_path: Path, out: Path, config: EvaluationConfig, data_dir: P
     flow_bundle = load_bundle(config.joint_flow) if config.joint_flow is not None else None
     flow = flow_bundle.flow().requires_grad_(False) if flow_bundle is not None else None
     sources = {source.name: source for source in (TransferSource.load(path, bundle) for path in config.transfer_from)}
-    _, all_images, all_labels = load_split(bundle.dataset_kind, data_dir, "test")
+    all_images, all_labels = bundle.data("test", data_dir).tensors()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     partial = _Partial(out / "partial.json", bundle, config)

@@ -27,7 +27,6 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 
 from evaluation.attacks import pgd
 from purifier.bundle import Bundle, load_bundle, update_manifest
-from purifier.data import load_dataset
 from purifier.errors import PurifierError
 from purifier.fsutil import atomic_write_bytes
 from purifier.progress import progress
@@ -109,7 +108,7 @@ def quantize_bundle(bundle_path: Path, calibration_images: int = 512, robust_ima
     graphs = (bundle.manifest.get("exports") or {}).get("onnx", {}).get("graphs")
     if not graphs:
         raise PurifierError(f"bundle {bundle.path} has no ONNX export; run 'purifier export {bundle.path}' first")
-    train = load_dataset(bundle.dataset_kind, "train").head(calibration_images)
+    train = bundle.data("train").head(calibration_images)
     train_images = train.tensors()[0].numpy()
     feeds = calibration_feeds(bundle, train_images)
     records = {}
@@ -125,7 +124,7 @@ def quantize_bundle(bundle_path: Path, calibration_images: int = 512, robust_ima
     staged = update_manifest(bundle, lambda manifest: manifest["exports"].update(onnx_int8={"graphs": records}),
                              [record["file"] for record in records.values()])
 
-    test = load_dataset(bundle.dataset_kind, "test")
+    test = bundle.data("test")
     test_images, test_labels = (t.numpy() for t in test.tensors())
     runtimes = {"float": OnnxRuntime(staged), "int8": OnnxInt8Runtime(staged)}
     clean = _predictions(runtimes, staged, test_images)

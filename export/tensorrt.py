@@ -92,7 +92,6 @@ def build_bundle_engines(bundle_path: Path, precision: str, calibration_images: 
     """Build an engine per exported graph of the bundle and record them in bundle.json."""
     import_tensorrt()
     from export.quantize import calibration_feeds
-    from purifier.data import load_dataset
 
     bundle = load_bundle(bundle_path)
     graphs = (bundle.manifest.get("exports") or {}).get("onnx", {}).get("graphs")
@@ -100,7 +99,7 @@ def build_bundle_engines(bundle_path: Path, precision: str, calibration_images: 
         raise PurifierError(f"bundle {bundle.path} has no ONNX export; run 'purifier export {bundle.path}' first")
     feeds = {}
     if precision == "int8":
-        feeds = calibration_feeds(bundle, load_dataset(bundle.dataset_kind, "train").head(calibration_images).tensors()[0].numpy())
+        feeds = calibration_feeds(bundle, bundle.data("train").head(calibration_images).tensors()[0].numpy())
     (bundle.path / ENGINE_DIR).mkdir(exist_ok=True)
     records = {}
     for stage, record in graphs.items():

@@ -5,7 +5,7 @@
     BUNDLE/purifier.safetensors     purifier weights, when the bundle has a purifier
     BUNDLE/onnx/*.onnx              exports, added by ``purifier export``
 
-bundle.json: ``schema_version``, ``name``, ``dataset`` {name, input_shape [C,H,W], class_names},
+bundle.json: ``schema_version``, ``name``, ``dataset`` {name, input_shape [C,H,W], class_names, data_dir (absolute, when trained with --data-dir)},
 ``classifier`` {architecture, config (incl. normalisation mean/std), weights},
 ``purifier`` (null or {method, architecture, config, weights, random_transform}),
 ``training`` (one record per stage: command, arguments, wall time), ``metrics`` (name ->
@@ -26,7 +26,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from purifier.errors import BundleError
+from purifier.data import ImageDataset, load_dataset
+from purifier.errors import BundleError, DataError
 from purifier.fsutil import atomic_write_json, publish_dir, sha256_file, staging_dir
 from purifier.models import CLASSIFIERS, FLOWS, PURIFIERS, build
 from purifier.pipeline import Pipeline
@@ -66,6 +67,15 @@ class Bundle:
         """The load_dataset name of the bundle's data ('folder' for bundles trained on an ImageFolder)."""
         name = self.manifest["dataset"]["name"]
         return "folder" if name.startswith("folder:") else name
+
+    def data(self, split: str, data_dir: Path | str | None = None) -> ImageDataset:
+        """A split of the bundle's data set: from ``data_dir`` if given, else from where the bundle was trained."""
+        if data_dir is None:
+            data_dir = self.manifest["dataset"].get("data_dir") or next(
+                (record["arguments"].get("data_dir") for record in self.manifest.get("training", []) if record.get("arguments", {}).get("data_dir")), None)
+            if data_dir is not None and not Path(data_dir).exists():
+                raise DataError(f"{self.path} was trained on data in {data_dir}, which does not exist here; pass --data-dir with that data")
+        return load_dataset(self.dataset_kind, split, Path(data_dir) if data_dir is not None else None)
 
     @property
     def has_purifier(self) -> bool:

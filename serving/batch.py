@@ -22,14 +22,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from purifier.data import load_dataset
-from purifier.data.folder import list_images
+from purifier.data.folder import list_images, list_non_images
 from purifier.errors import ImageDecodeError, PurifierError
 from purifier.fsutil import atomic_write_bytes, atomic_write_json
 from purifier.images import encode_png
@@ -61,6 +61,8 @@ class BatchSummary:
     seconds: float = 0.0
     shards: int = 0
     shards_skipped: int = 0
+    skipped_non_images: int = 0
+    skipped_files: list[str] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -68,8 +70,9 @@ class BatchSummary:
 
     def describe(self) -> str:
         resumed = f"; {self.shards_skipped} of {self.shards} shards were already done" if self.shards_skipped else ""
+        skipped = f"; skipped {self.skipped_non_images} files that are not images (listed in summary.json)" if self.skipped_non_images else ""
         return (f"purified {self.written}/{self.total} images ({self.failed} failed, {self.changed} predictions changed by "
-                f"purification); this run: {self.processed} images in {self.seconds:.1f}s, {self.images_per_s:.0f} images/s{resumed}")
+                f"purification); this run: {self.processed} images in {self.seconds:.1f}s, {self.images_per_s:.0f} images/s{resumed}{skipped}")
 
 
 def folder_items(src: Path, service: PurificationService) -> list[Item]:
@@ -179,15 +182,16 @@ def _prefetch(pool: ThreadPoolExecutor, shards: list[int], items: list[Item], sh
 
 
 def purify(items: list[Item], dst: Path, service: PurificationService, shard_size: int = 256, seed: int = 0, fmt: str = "png",
-           threads: int = 2) -> BatchSummary:
-    """Purify ``items`` into ``dst`` (resuming finished shards); merge records and summary once all shards are done."""
+           threads: int = 2, skipped: list[str] = ()) -> BatchSummary:
+    """Purify ``items`` into ``dst`` (resuming finished shards); merge records and summary once all shards are done.
+    ``skipped``: the source's files that are not images, counted and listed in the summary."""
     if fmt not in FORMATS:
         raise PurifierError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}")
     rank, world = _distributed()
     count = -(-len(items) // shard_size)
     _check_settings(dst, {"bundle": bundle_sha256(service.bundle), "seed": seed, "shard_size": shard_size, "format": fmt,
                           "inputs": len(items), "runtime": service.runtime.name})
-    summary = BatchSummary(total=len(items), shards=count)
+    summary = BatchSummary(total=len(items), shards=count, skipped_non_images=len(skipped), skipped_files=list(skipped))
     mine = [shard for shard in range(rank, count, world)]
     todo = [shard for shard in mine if not _shard_record(dst, shard).exists()]
     summary.shards_skipped = len(mine) - len(todo)
@@ -261,6 +265,7 @@ def purify_folder(src: Path, dst: Path, bundle: Path | None = None, batch_size: 
     """The ``purifier purify`` job: a folder ``src`` (or a data set split) into ``dst``."""
     dst = Path(dst)
     service = PurificationService.from_bundle(bundle, runtime=runtime, seed=seed)
+    skipped: list[str] = []
     if dataset is not None:
         items = dataset_items(dataset, split, data_dir, limit)
     else:
@@ -270,4 +275,5 @@ def purify_folder(src: Path, dst: Path, bundle: Path | None = None, batch_size: 
         if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
             raise PurifierError(f"destination {dst} lies inside the source {src}; choose a folder outside it")
         items = folder_items(src, service)
-    return purify(items, dst, service, shard_size=batch_size, seed=seed, fmt=fmt)
+        skipped = [path.relative_to(src).as_posix() for path in list_non_images(src)]
+    return purify(items, dst, service, shard_size=batch_size, seed=seed, fmt=fmt, skipped=skipped)

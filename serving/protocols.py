@@ -12,8 +12,12 @@ images back. Accepted forms:
   or ``"datatype": "UINT8"`` with ``shape`` [N, H, W, C] (pixels) or ``"FP32"`` with [N, C, H, W]
   in [0, 1]; ``"parameters": {"return_purified": true}``.
 
-``return_purified`` is also read from the query string (``?return_purified=true``). Anything
-unreadable raises BadInputError with a reason code, which the handler answers with a 400.
+``return_purified`` may also come as the HTTP header ``X-Return-Purified: true`` (any form; the
+only way for a raw-bytes body). TorchServe does not hand the handler the query string of
+``/predictions``, so ``?return_purified=true`` cannot work and is not offered. Anything
+unreadable raises BadInputError with a reason code, which the handler answers with a 400; a body
+that curl sent as a form (``-d`` without ``Content-Type``) is recognised and the message names the
+header to add.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from purifier.images import decode_image, encode_png
 
 V2_DATATYPES = ("UINT8", "FP32")  # besides BYTES (encoded image files)
 OPTION = "return_purified"
+OPTION_HEADER = "x-return-purified"
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MAX_IMAGES_PER_REQUEST = 256
 
 
@@ -97,10 +103,18 @@ def _v2_tensor(tensor: dict, shape: tuple[int, int, int]) -> list[np.ndarray]:
     return list(np.rint(array * 255).astype(np.uint8).transpose(0, 2, 3, 1))
 
 
-def parse_request(item: dict, shape: tuple[int, int, int]) -> Request:
-    """One TorchServe request item -> Request; raises BadInputError (ImageDecodeError / RequestFormatError)."""
+def parse_request(item: dict, shape: tuple[int, int, int], headers: dict[str, str] | None = None) -> Request:
+    """One TorchServe request item (and its HTTP headers, names in lower case) -> Request; raises BadInputError
+    (ImageDecodeError / RequestFormatError)."""
+    headers = headers or {}
     body = item.get("body", item.get("data"))
-    return_purified = _flag(item.get(OPTION))
+    return_purified = _flag(item.get(OPTION)) or _flag(headers.get(OPTION_HEADER))
+    if body is None and headers.get("content-type", "").split(";")[0].strip().lower() == FORM_CONTENT_TYPE:
+        if any(str(key).lstrip().startswith(("{", "[")) for key in item):
+            raise RequestFormatError("JSON sent as a form (curl -d without a Content-Type); add the header "
+                                     "'Content-Type: application/json'", "bad_json")
+        raise RequestFormatError("the body was sent as a form (Content-Type: application/x-www-form-urlencoded, curl's default for -d and "
+                                 "--data-binary); send the image file with curl -T FILE, or add 'Content-Type: application/octet-stream'", "bad_request")
     if body is None:  # multipart/form-data: the image is the first binary field that is not an option
         files = [value for key, value in item.items() if key != OPTION and isinstance(value, (bytes, bytearray))]
         if not files:

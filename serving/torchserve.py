@@ -308,8 +308,8 @@ def _running_server() -> Server | None:
 def status() -> Server:
     """The running server if its model has a READY worker; PurifierError otherwise."""
     server = _running_server()
-    if server is None:
-        raise PurifierError(f"no server started from {state_dir()}; start one with 'purifier serve'")
+    if server is None or not _pid_alive():
+        raise PurifierError("not running: no purifier server is running on this machine; start one with 'purifier serve'")
     if not _model_ready(server):
         raise PurifierError(f"model '{server.model}' is not ready at {server.management_url}; see {state_dir() / 'logs'}")
     return server
@@ -321,4 +321,6 @@ def stop() -> None:
     deadline = time.monotonic() + 30
     while _pid_alive() and time.monotonic() < deadline:
         time.sleep(0.2)
+    if not _pid_alive():
+        (state_dir() / SERVER_FILE).unlink(missing_ok=True)
     print(result.stdout.strip() or result.stderr.strip())

@@ -47,7 +47,8 @@ class PurifierHandler:
         parsed = []
         for position, item in enumerate(data):
             try:
-                parsed.append((position, parse_request(item, self.service.bundle.input_shape)))
+                headers = {str(k).lower(): str(v) for k, v in (context.get_all_request_header(position) or {}).items()}
+                parsed.append((position, parse_request(item, self.service.bundle.input_shape, headers)))
             except BadInputError as error:
                 context.set_response_status(400, "Bad Request", idx=position)
                 responses[position] = error_body(error)

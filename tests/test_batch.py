@@ -49,8 +49,11 @@ def _folder(root, fmnist_test, count):
 def test_purify_folder_writes_every_image_and_a_line_each(tmp_path, fmnist_test):
     _folder(tmp_path / "src", fmnist_test, 40)
     (tmp_path / "src" / "other" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tmp_path / "src" / "notes.txt").write_text("not an image")
     summary = purify_folder(tmp_path / "src", tmp_path / "dst", batch_size=16)
     assert (summary.total, summary.written, summary.failed) == (41, 40, 1)
+    saved = json.loads((tmp_path / "dst" / "summary.json").read_text())
+    assert saved["skipped_non_images"] == 1 and saved["skipped_files"] == ["notes.txt"] and "skipped 1 files" in summary.describe()
     outputs = sorted(p.relative_to(tmp_path / "dst") for p in (tmp_path / "dst").rglob("*.png"))
     assert len(outputs) == 40 and all(p.suffix == ".png" for p in outputs)
     records = [json.loads(line) for line in (tmp_path / "dst" / "predictions.jsonl").read_text().splitlines()]

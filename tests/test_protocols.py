@@ -113,3 +113,20 @@ def test_special_image_modes_are_converted(fmnist_test):
     for data in forms:
         (decoded,) = parse_request({"body": data}, SHAPE).images
         assert np.abs(decoded.astype(int) - fmnist_test.images[0].astype(int)).mean() < 3
+
+
+def test_return_purified_comes_from_the_header_for_any_form(pngs):
+    """TorchServe drops the query string of /predictions; the X-Return-Purified header is the raw body's way."""
+    assert parse_request({"body": pngs[0]}, SHAPE, {"x-return-purified": "true"}).return_purified
+    assert not parse_request({"body": pngs[0]}, SHAPE, {"x-return-purified": "false"}).return_purified
+
+
+def test_a_body_curl_sent_as_a_form_gets_the_header_to_add(pngs):
+    """curl -d / --data-binary without Content-Type send application/x-www-form-urlencoded: TorchServe decodes the body as form
+    fields, and the message says which header or option to use instead of blaming the image."""
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    with pytest.raises(BadInputError, match="Content-Type: application/json") as json_as_form:
+        parse_request({'{"image": "iVBORw0KGgo': b'"}'}, SHAPE, form)
+    assert json_as_form.value.reason == "bad_json"
+    with pytest.raises(BadInputError, match="curl -T FILE"):
+        parse_request({"\x89PNG\r\n": b""}, SHAPE, form)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -82,3 +83,15 @@ def test_trains_on_users_own_image_folder(tmp_path, fmnist_test):
     result = _run(["train", "purifier", "--classifier", str(tmp_path / "mine"), "--data-dir", str(tmp_path / "images"), "--epochs", "1", "--out", str(tmp_path / "mine-pur")])
     assert result.returncode == 0, result.stderr
     assert load_bundle(tmp_path / "mine-pur").has_purifier
+
+
+def test_rerunning_a_finished_training_changes_nothing_unless_restarted(tmp_path):
+    command = ["train", "classifier", "--epochs", "1", "--limit", "300", "--widths", "4,8,8", "--out", str(tmp_path / "clf")]
+    assert _run(command).returncode == 0
+    manifest = (tmp_path / "clf" / "bundle.json").read_bytes()
+    again = _run(command)
+    assert again.returncode == 0 and "is complete" in again.stdout and (tmp_path / "clf" / "bundle.json").read_bytes() == manifest
+    other = _run(command[:-2] + ["--lr", "0.01", "--out", str(tmp_path / "clf")])
+    assert other.returncode == 2 and "other settings (lr)" in other.stderr
+    restarted = _run(command + ["--restart"])
+    assert restarted.returncode == 0 and "wrote bundle" in restarted.stdout

@@ -30,7 +30,6 @@ from torch.nn import functional as F
 
 from evaluation.accuracy import accuracy
 from purifier.bundle import Bundle, load_bundle
-from purifier.data import load_split
 from purifier.errors import DataError
 from purifier.models import PURIFIERS, build
 from purifier.pipeline import Pipeline
@@ -157,7 +156,8 @@ def train_atop(config: AtopConfig) -> Bundle:
 
     run_epochs(state, total_epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart)
     purifier.eval()
-    test, test_images, test_labels = load_split(base.dataset_kind, config.data_dir, "test")
+    test = base.data("test", config.data_dir)
+    test_images, test_labels = test.tensors()
     protocol = {"split": "test", "images": len(test)}
     method = "atop" if config.epochs > 0 else "reconstruction"
     stage_name = "atop" if config.epochs > 0 else "purifier"

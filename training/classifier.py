@@ -21,7 +21,7 @@ from purifier.models import CLASSIFIERS, build
 from purifier.progress import progress
 from training.adversarial import adversarial_batch
 from training.common import (
-    TrainConfig, channel_stats, checkpoint_dir_for, fingerprint, metric, publish, seed_everything, training_record,
+    TrainConfig, channel_stats, checkpoint_dir_for, dataset_entry, fingerprint, metric, publish, seed_everything, training_record,
 )
 from training.ijsat import robust_mixup_batch
 from training.loop import TrainState, batches, run_epochs
@@ -95,7 +95,7 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
         classifier_entry.update(eta=config.eta, mixup_alpha=config.mixup_alpha, flow=load_bundle(config.flow).name)
     manifest = {
         "name": config.name or Path(config.out).name,
-        "dataset": {"name": data.name, "input_shape": list(data.input_shape), "class_names": list(data.class_names)},
+        "dataset": dataset_entry(data, config.data_dir),
         "classifier": classifier_entry,
         "purifier": None,
         "training": [training_record("classifier", config, state)],

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from purifier.bundle import Bundle, load_bundle, write_bundle
-from purifier.data import ImageDataset, load_split
-from purifier.errors import DataError
+from purifier.data import ImageDataset
+from purifier.errors import DataError, PurifierError
+from purifier.transforms import NOISELESS_KINDS
 from training import distributed
 from training.loop import TrainState
 
@@ -57,6 +58,27 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def finished_bundle(config: Any) -> Bundle | None:
+    """The bundle an earlier run of the same training wrote to ``config.out``, if it finished (None with ``restart``).
+    A bundle there that was trained with other settings is refused rather than overwritten."""
+    if config.restart or not (Path(config.out) / "bundle.json").exists():
+        return None
+    bundle = load_bundle(config.out)
+    recorded = (bundle.manifest.get("training") or [{}])[-1].get("arguments", {})
+    ignored = {"noise_std"} if getattr(config, "transform", None) in NOISELESS_KINDS else set()  # RT1 runs once recorded a σ they never used
+    changed = [key for key, value in fingerprint(config).items() if key in recorded and key not in ignored and recorded[key] != value]
+    if changed:
+        raise PurifierError(f"{config.out} already holds a bundle trained with other settings ({', '.join(changed)}); "
+                            "use another --out, or --restart to train it again")
+    return bundle
+
+
+def dataset_entry(data: ImageDataset, data_dir: Path | None) -> dict[str, Any]:
+    """bundle.json's ``dataset``: what the models take, and where the data lay (so evaluation and quantization find it)."""
+    entry = {"name": data.name, "input_shape": list(data.input_shape), "class_names": list(data.class_names)}
+    return {**entry, "data_dir": str(Path(data_dir).resolve())} if data_dir is not None else entry
+
+
 def checkpoint_dir_for(out: Path) -> Path:
     """Where a run writing bundle ``out`` keeps its checkpoints: a hidden sibling directory."""
     out = Path(out)
@@ -66,7 +88,8 @@ def checkpoint_dir_for(out: Path) -> Path:
 def classifier_and_training_data(config: Any) -> tuple[Bundle, ImageDataset, torch.Tensor, torch.Tensor]:
     """The bundle named by ``config.classifier`` and its data set's training split (shapes checked)."""
     base = load_bundle(config.classifier)
-    data, images, labels = load_split(base.dataset_kind, config.data_dir, "train", config.limit)
+    data = base.data("train", config.data_dir).head(config.limit)
+    images, labels = data.tensors()
     if tuple(data.input_shape) != base.input_shape:
         raise DataError(f"data images are {data.input_shape} but bundle {config.classifier} expects {base.input_shape}; use the classifier's data")
     return base, data, images, labels

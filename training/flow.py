@@ -20,7 +20,7 @@ from purifier.bundle import Bundle
 from purifier.data import load_split
 from purifier.models import FLOWS, build
 from purifier.progress import progress
-from training.common import TrainConfig, checkpoint_dir_for, fingerprint, metric, publish, seed_everything, training_record
+from training.common import TrainConfig, checkpoint_dir_for, dataset_entry, fingerprint, metric, publish, seed_everything, training_record
 from training.loop import TrainState, batches, run_epochs
 
 
@@ -89,7 +89,7 @@ def train_flow(config: FlowConfig) -> Bundle:
     test, test_images, _ = load_split(config.dataset, config.data_dir, "test")
     manifest = {
         "name": config.name or Path(config.out).name,
-        "dataset": {"name": data.name, "input_shape": list(data.input_shape), "class_names": list(data.class_names)},
+        "dataset": dataset_entry(data, config.data_dir),
         "classifier": None,
         "purifier": None,
         "flow": {"architecture": "glow", "config": model_config},

@@ -26,7 +26,6 @@ from torch.nn import functional as F
 from evaluation.accuracy import accuracy
 from evaluation.attacks import pgd
 from purifier.bundle import Bundle
-from purifier.data import load_split
 from purifier.models import PURIFIERS, build
 from purifier.pipeline import Pipeline
 from purifier.progress import progress
@@ -120,7 +119,8 @@ def train_jatp(config: JatpConfig) -> Bundle:
 
     run_epochs(state, config.epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart)
     preprocessor.eval()
-    test, test_images, test_labels = load_split(base.dataset_kind, config.data_dir, "test")
+    test = base.data("test", config.data_dir)
+    test_images, test_labels = test.tensors()
     protocol = {"split": "test", "images": len(test)}
     manifest = {
         "name": config.name or Path(config.out).name,

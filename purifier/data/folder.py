@@ -19,6 +19,11 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def list_non_images(root: Path) -> list[Path]:
+    """The other files below ``root`` (not images by suffix), sorted: what a job over the folder skips."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES)
+
+
 def _shape_of(path: Path) -> tuple[int, int, int]:
     """(C, H, W) of an image file: grey modes give 1 channel, everything else 3."""
     try:
