@@ -18,6 +18,7 @@ from training.adversarial import METHODS
 from training.atop import ATTACKS, LAMBDA_SCHEDULES
 from training.common import finished_bundle
 from training.jatp import EXAMPLES
+from training.precision import PRECISIONS
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -36,6 +37,8 @@ def _add_common_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="train on the first N training images only (smoke runs)")
     parser.add_argument("--name", help="bundle name (default: the --out folder's name)")
     parser.add_argument("--restart", action="store_true", help="discard an existing checkpoint instead of resuming")
+    parser.add_argument("--precision", choices=PRECISIONS, help="fp32 (default) or bf16: forward passes under bf16 autocast with fp32 "
+                        "master weights, about 2× faster on CPUs with AMX (benchmarks/training_precision.py)")
 
 
 def _add_purifier_training(parser: argparse.ArgumentParser) -> None:

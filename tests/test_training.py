@@ -95,3 +95,12 @@ def test_rerunning_a_finished_training_changes_nothing_unless_restarted(tmp_path
     assert other.returncode == 2 and "other settings (lr)" in other.stderr
     restarted = _run(command + ["--restart"])
     assert restarted.returncode == 0 and "wrote bundle" in restarted.stdout
+
+
+def test_bf16_training_reaches_the_fp32_accuracy(tmp_path):
+    """The same smoke run in fp32 and under bf16 autocast (fp32 master weights): test accuracy within 2 points."""
+    accuracy = {}
+    for precision in ("fp32", "bf16"):
+        bundle = train_classifier(ClassifierConfig(out=tmp_path / precision, epochs=1, limit=6000, precision=precision, command="test"))
+        accuracy[precision] = bundle.manifest["metrics"]["clean_accuracy_classifier"]["value"]
+    assert accuracy["fp32"] > 0.7 and abs(accuracy["bf16"] - accuracy["fp32"]) <= 0.02, accuracy

@@ -20,7 +20,6 @@ purifier instead (pre-training then defaults to 0 epochs).
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +32,14 @@ from purifier.bundle import Bundle, load_bundle
 from purifier.errors import DataError
 from purifier.models import PURIFIERS, build
 from purifier.pipeline import Pipeline
-from purifier.progress import progress
 from purifier.transforms import NOISELESS_KINDS, RandomTransform
 from training.adversarial import adversarial_batch
 from training.common import (
-    TrainConfig, checkpoint_dir_for, classifier_and_training_data, fingerprint, metric, publish, seed_everything, training_record,
+    TrainConfig, classifier_and_training_data, metric, publish, seed_everything, train_epochs, training_record,
 )
 from training.gan import ReconstructionGAN
-from training.loop import TrainState, batches, run_epochs
+from training.loop import Epoch, TrainState
+from training.precision import autocast, prepare
 
 ATTACKS = ("fgsm_rs", "pgd")
 LAMBDA_SCHEDULES = ("constant", "linear")
@@ -109,6 +108,7 @@ def train_atop(config: AtopConfig) -> Bundle:
     transform = config.random_transform()
     purifier, model_config, earlier_records = _initial_purifier(config, data.input_shape[0])
     classifier = base.classifier().requires_grad_(False)
+    prepare(config.precision, classifier, purifier)
     pipeline = Pipeline(classifier, purifier, transform).eval()
     gan = ReconstructionGAN(data.input_shape[0], config.gan_weight)
 
@@ -124,37 +124,33 @@ def train_atop(config: AtopConfig) -> Bundle:
         finetuning = epoch >= config.pretrain_epochs
         lam = config.lam_at(epoch - config.pretrain_epochs) if finetuning else 0.0
         rng = np.random.default_rng([config.seed, epoch])
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         pipeline.reseed([config.seed, epoch, 1])
-        sums: dict[str, float] = defaultdict(float)
-        seen = 0
         stage = f"atop fine-tune {epoch - config.pretrain_epochs + 1}/{config.epochs}" if finetuning else f"purifier pre-train {epoch + 1}/{config.pretrain_epochs}"
-        bar = progress(batches(len(labels), config.batch_size, config.seed, epoch), per_epoch, stage)
-        for index in bar:
+        run = Epoch(len(labels), config.batch_size, config.seed, epoch, stage)
+        for index in run:
             clean, target = images[index], labels[index]
-            inputs = adversarial_batch(pipeline, clean, target, config.attack, config.eps, config.attack_steps, generator) if finetuning else clean
-            mask, noise = (torch.from_numpy(a) for a in transform.sample(len(index), data.input_shape, rng))
-            purifier.train()
-            purified = transform.purify(purifier, inputs, mask, noise)
-            loss, parts = gan.generator_loss(purified, clean)
-            if finetuning:
-                logits = classifier(purified)
-                cross_entropy = F.cross_entropy(logits, target)
-                loss = loss + lam * cross_entropy
-                parts.update(ce=cross_entropy.item(), adversarial_accuracy=float((logits.argmax(1) == target).float().mean()))
+            with autocast(config.precision):
+                inputs = adversarial_batch(pipeline, clean, target, config.attack, config.eps, config.attack_steps, run.generator) if finetuning else clean
+                mask, noise = (torch.from_numpy(a) for a in transform.sample(len(index), data.input_shape, rng))
+                purifier.train()
+                purified = transform.purify(purifier, inputs, mask, noise).float()
+                loss, parts = gan.generator_loss(purified, clean)
+                if finetuning:
+                    logits = classifier(purified).float()
+                    cross_entropy = F.cross_entropy(logits, target)
+                    loss = loss + lam * cross_entropy
+                    parts.update(ce=cross_entropy.item(), adversarial_accuracy=float((logits.argmax(1) == target).float().mean()))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            parts.update(gan.discriminator_step(purified, clean))
+            with autocast(config.precision):
+                parts.update(gan.discriminator_step(purified, clean))
             purifier.eval()
-            for key, value in parts.items():
-                sums[key] += value * len(index)
-            seen += len(index)
-            bar.set_postfix({key: f"{value / seen:.4f}" for key, value in sums.items()}, refresh=False)
-        return {"lambda": lam, **{key: value / seen for key, value in sums.items()}}
+            run.record(len(index), **parts)
+        return {"lambda": lam, **run.means()}
 
-    run_epochs(state, total_epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart)
+    train_epochs(state, config, total_epochs, train_epoch)
     purifier.eval()
     test = base.data("test", config.data_dir)
     test_images, test_labels = test.tensors()

@@ -18,13 +18,13 @@ from evaluation.attacks import JOINT_ETA
 from purifier.bundle import Bundle, load_bundle
 from purifier.data import load_split
 from purifier.models import CLASSIFIERS, build
-from purifier.progress import progress
 from training.adversarial import adversarial_batch
 from training.common import (
-    TrainConfig, channel_stats, checkpoint_dir_for, dataset_entry, fingerprint, metric, publish, seed_everything, training_record,
+    TrainConfig, channel_stats, dataset_entry, metric, publish, seed_everything, train_epochs, training_record,
 )
 from training.ijsat import robust_mixup_batch
-from training.loop import TrainState, batches, run_epochs
+from training.loop import Epoch, TrainState
+from training.precision import autocast, prepare
 
 
 @dataclass(kw_only=True)
@@ -53,6 +53,7 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
         "widths": list(config.widths), "mean": mean, "std": std,
     }
     model = build(CLASSIFIERS, "resnet_small", model_config)
+    prepare(config.precision, model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
     steps = config.epochs * -(-len(labels) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.15)
@@ -67,26 +68,21 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
         return adversarial_batch(model, images[index], labels[index], config.method, config.eps, config.attack_steps, generator), labels[index]
 
     def train_epoch(epoch: int) -> dict[str, float]:
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        total_loss, correct, seen = 0.0, 0, 0
-        count = -(-len(labels) // config.batch_size)
-        bar = progress(batches(len(labels), config.batch_size, config.seed, epoch), count, f"classifier epoch {epoch + 1}/{config.epochs}")
-        for index in bar:
-            inputs, targets = training_batch(index, generator)
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, targets)
+        run = Epoch(len(labels), config.batch_size, config.seed, epoch, f"classifier epoch {epoch + 1}/{config.epochs}")
+        for index in run:
+            with autocast(config.precision):
+                inputs, targets = training_batch(index, run.generator)
+                logits = model(inputs)
+                loss = F.cross_entropy(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total_loss += loss.item() * len(index)
             dominant = targets if targets.dim() == 1 else targets.argmax(1)  # IJSAT: the label with the larger mixing weight
-            correct += int((logits.argmax(1) == dominant).sum())
-            seen += len(index)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
-        return {"loss": total_loss / seen, "train_accuracy": correct / seen}
+            run.record(len(index), loss=loss.item(), train_accuracy=float((logits.argmax(1) == dominant).float().mean()))
+        return run.means()
 
-    run_epochs(state, config.epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart)
+    train_epochs(state, config, config.epochs, train_epoch)
     test, test_images, test_labels = load_split(config.dataset, config.data_dir, "test")
     classifier_entry = {"architecture": "resnet_small", "config": model_config, "method": config.method}
     if config.method != "standard":

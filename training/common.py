@@ -17,7 +17,7 @@ from purifier.data import ImageDataset
 from purifier.errors import DataError, PurifierError
 from purifier.transforms import NOISELESS_KINDS
 from training import distributed
-from training.loop import TrainState
+from training.loop import TrainState, run_epochs
 
 
 @dataclass(kw_only=True)
@@ -35,6 +35,7 @@ class TrainConfig:
     name: str | None = None
     restart: bool = False
     command: str | None = None
+    precision: str = "fp32"
 
 
 # Arguments that say where things go, not what is trained: they may change between resumes.
@@ -56,6 +57,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     return value
+
+
+def train_epochs(state: TrainState, config: Any, epochs: int, train_epoch) -> TrainState:
+    """The resumable epoch loop with this run's checkpoint directory and argument fingerprint."""
+    return run_epochs(state, epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart)
 
 
 def finished_bundle(config: Any) -> Bundle | None:

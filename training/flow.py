@@ -19,9 +19,8 @@ import torch
 from purifier.bundle import Bundle
 from purifier.data import load_split
 from purifier.models import FLOWS, build
-from purifier.progress import progress
-from training.common import TrainConfig, checkpoint_dir_for, dataset_entry, fingerprint, metric, publish, seed_everything, training_record
-from training.loop import TrainState, batches, run_epochs
+from training.common import TrainConfig, dataset_entry, metric, publish, seed_everything, train_epochs, training_record
+from training.loop import Epoch, TrainState
 
 
 @dataclass(kw_only=True)
@@ -33,6 +32,10 @@ class FlowConfig(TrainConfig):
     levels: int = 2
     steps: int = 4
     hidden: int = 64
+
+    def __post_init__(self) -> None:
+        if self.precision != "fp32":
+            raise ValueError("the flow trains in fp32 only: its log-determinants lose too much in bf16; drop --precision")
 
 
 def bits_per_dim(flow: torch.nn.Module, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -69,23 +72,19 @@ def train_flow(config: FlowConfig) -> Bundle:
     state = TrainState({"flow": flow}, {"flow": optimizer}, {"flow": scheduler})
 
     def train_epoch(epoch: int) -> dict[str, float]:
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        total, seen = 0.0, 0
-        bar = progress(batches(len(images), config.batch_size, config.seed, epoch), per_epoch, f"flow epoch {epoch + 1}/{config.epochs}")
-        for index in bar:
+        run = Epoch(len(images), config.batch_size, config.seed, epoch, f"flow epoch {epoch + 1}/{config.epochs}")
+        for index in run:
             batch = images[index]
-            loss = bits_per_dim(flow, batch, torch.rand(batch.shape, generator=generator)).mean()
+            loss = bits_per_dim(flow, batch, torch.rand(batch.shape, generator=run.generator)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(flow.parameters(), 50.0)
             optimizer.step()
             scheduler.step()
-            total += loss.item() * len(index)
-            seen += len(index)
-            bar.set_postfix(bits_per_dim=f"{total / seen:.3f}", refresh=False)
-        return {"bits_per_dim": total / seen}
+            run.record(len(index), bits_per_dim=loss.item())
+        return run.means()
 
-    run_epochs(state, config.epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart)
+    train_epochs(state, config, config.epochs, train_epoch)
     test, test_images, _ = load_split(config.dataset, config.data_dir, "test")
     manifest = {
         "name": config.name or Path(config.out).name,

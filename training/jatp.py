@@ -28,12 +28,12 @@ from evaluation.attacks import pgd
 from purifier.bundle import Bundle
 from purifier.models import PURIFIERS, build
 from purifier.pipeline import Pipeline
-from purifier.progress import progress
 from purifier.transforms import RandomTransform
 from training.common import (
-    TrainConfig, checkpoint_dir_for, classifier_and_training_data, fingerprint, metric, publish, seed_everything, training_record,
+    TrainConfig, classifier_and_training_data, metric, publish, seed_everything, train_epochs, training_record,
 )
-from training.loop import TrainState, batches, run_epochs
+from training.loop import Epoch, TrainState
+from training.precision import autocast, prepare
 
 EXAMPLES = ("full", "static")
 
@@ -77,6 +77,7 @@ def train_jatp(config: JatpConfig) -> Bundle:
     model_config = {"in_channels": data.input_shape[0], "widths": list(config.widths)}
     preprocessor = build(PURIFIERS, "unet", model_config)
     classifier = base.classifier().requires_grad_(False)
+    prepare(config.precision, classifier, preprocessor)
     target = _ProcessedFeatures(preprocessor, classifier).eval()
     optimizer = torch.optim.Adam(preprocessor.parameters(), lr=config.lr)
     steps = config.epochs * -(-len(labels) // config.batch_size)
@@ -91,33 +92,28 @@ def train_jatp(config: JatpConfig) -> Bundle:
         return pgd(classifier, clean, labels_, config.eps, steps=config.attack_steps, generator=generator, keep_best=False)
 
     def train_epoch(epoch: int) -> dict[str, float]:
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        sums = {"feature": 0.0, "pixel": 0.0, "adversarial_accuracy": 0.0}
-        seen = 0
-        count = -(-len(labels) // config.batch_size)
-        bar = progress(batches(len(labels), config.batch_size, config.seed, epoch), count, f"jatp epoch {epoch + 1}/{config.epochs}")
-        for index in bar:
+        run = Epoch(len(labels), config.batch_size, config.seed, epoch, f"jatp epoch {epoch + 1}/{config.epochs}")
+        for index in run:
             clean, target_labels = images[index], labels[index]
-            with torch.no_grad():
-                clean_features = classifier.forward_features(clean)
-            adversarial = craft(clean, clean_features, target_labels, generator)
-            preprocessor.train()
-            processed = preprocessor(adversarial, torch.ones_like(adversarial[:, :1]))
-            features = classifier.forward_features(processed)
-            feature_loss, pixel_loss = feature_distance(features, clean_features).mean(), F.l1_loss(processed, clean)
-            loss = config.feature_weight * feature_loss + config.pixel_weight * pixel_loss
+            with autocast(config.precision):
+                with torch.no_grad():
+                    clean_features = classifier.forward_features(clean).float()
+                adversarial = craft(clean, clean_features, target_labels, run.generator)
+                preprocessor.train()
+                processed = preprocessor(adversarial, torch.ones_like(adversarial[:, :1])).float()
+                features = classifier.forward_features(processed).float()
+                feature_loss, pixel_loss = feature_distance(features, clean_features).mean(), F.l1_loss(processed, clean)
+                loss = config.feature_weight * feature_loss + config.pixel_weight * pixel_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            correct = float((classifier.forward_head(features).argmax(1) == target_labels).float().mean())
-            for key, value in (("feature", feature_loss.item()), ("pixel", pixel_loss.item()), ("adversarial_accuracy", correct)):
-                sums[key] += value * len(index)
-            seen += len(index)
-            bar.set_postfix({key: f"{value / seen:.4f}" for key, value in sums.items()}, refresh=False)
-        return {key: value / seen for key, value in sums.items()}
+            with torch.no_grad(), autocast(config.precision):
+                correct = float((classifier.forward_head(features).argmax(1) == target_labels).float().mean())
+            run.record(len(index), feature=feature_loss.item(), pixel=pixel_loss.item(), adversarial_accuracy=correct)
+        return run.means()
 
-    run_epochs(state, config.epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart)
+    train_epochs(state, config, config.epochs, train_epoch)
     preprocessor.eval()
     test = base.data("test", config.data_dir)
     test_images, test_labels = test.tensors()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from purifier.progress import progress
 from training import distributed
 from training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -53,13 +55,42 @@ def batches(count: int, batch_size: int, seed: int, epoch: int) -> Iterator[torc
     small to give every rank an image is dropped, so all ranks take the same number of steps).
     """
     rank, size = distributed.world()
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     order = torch.randperm(count, generator=generator)
     for start in range(0, count, batch_size):
         batch = order[start:start + batch_size]
         if size > 1 and len(batch) < size:
             return
         yield batch[rank::size]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of everything random in one epoch: batch order and the trainer's own draws depend only on (seed, epoch)."""
+    return seed * 100_003 + epoch
+
+
+class Epoch:
+    """One epoch of a trainer: its batches, the torch generator of its random choices (attack starts, noise), and per-image
+    running means of the batch metrics, shown on the progress bar and returned for the history."""
+
+    def __init__(self, count: int, batch_size: int, seed: int, epoch: int, description: str) -> None:
+        self.generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        self.bar = progress(batches(count, batch_size, seed, epoch), -(-count // batch_size), description)
+        self.sums: dict[str, float] = defaultdict(float)
+        self.seen = 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(self.bar)
+
+    def record(self, images: int, **metrics: float) -> None:
+        """Add one batch's metrics (batch means), weighted by its number of images."""
+        for key, value in metrics.items():
+            self.sums[key] += value * images
+        self.seen += images
+        self.bar.set_postfix({key: f"{value / self.seen:.4f}" for key, value in self.sums.items()}, refresh=False)
+
+    def means(self) -> dict[str, float]:
+        return {key: value / max(self.seen, 1) for key, value in self.sums.items()}
 
 
 def run_epochs(
