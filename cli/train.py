@@ -95,7 +95,8 @@ def add_train_command(commands) -> None:
     _add_common_training(classifier)
     classifier.add_argument("--dataset", choices=DATASETS, help="fashion-mnist (default), cifar10 or folder")
     classifier.add_argument("--weight-decay", type=float)
-    classifier.add_argument("--method", choices=METHODS, help="standard (default), pgd (Madry PGD-AT) or fgsm_rs (Wong fast AT)")
+    classifier.add_argument("--method", choices=METHODS, help="standard (default), pgd (Madry PGD-AT), fgsm_rs (Wong fast AT) or trades (Zhang et al.)")
+    classifier.add_argument("--beta", type=float, help="TRADES: weight β of the KL boundary term (default 6)")
     classifier.add_argument("--eps", type=float, help="L∞ radius of adversarial training (default 0.1)")
     classifier.add_argument("--attack-steps", type=int, help="PGD steps per batch in PGD-AT (default 10)")
     purifier = trainers.add_parser(
@@ -117,6 +118,9 @@ def add_train_command(commands) -> None:
     atop.add_argument("--attack-steps", type=int, help="PGD steps when --attack pgd (default 5)")
     atop.add_argument("--lam", type=float, help="λ, weight of the classification loss (default 1.0)")
     atop.add_argument("--lam-schedule", choices=LAMBDA_SCHEDULES, help="constant (default) or linear ramp over the fine-tuning epochs")
+    atop.add_argument("--trades-beta", type=float, help="β of the TRADES-style term KL(f(g(t(x))) ‖ f(g(t(x')))) in fine-tuning (default 0: off)")
+    atop.add_argument("--ema", type=float, help="decay of an exponential moving average of the purifier's weights, bundled instead of "
+                      "the last weights (e.g. 0.999; default 0: off)")
     jatp = trainers.add_parser(
         "jatp", help="JATP: a pre-processor trained on full adversarial examples against itself + the frozen classifier",
         argument_default=argparse.SUPPRESS,

@@ -65,3 +65,30 @@ def test_hinge_discriminator_learns_to_separate_real_from_blurred():
     for _ in range(100):
         last = gan.discriminator_step(fake, real)["gan_d"]
     assert first > 1.5 and last < 0.5 * first
+
+
+def test_ema_and_trades_term_fine_tune_and_bundle_the_averaged_weights(tiny_bundle, tmp_path):
+    """With --ema the bundle holds the moving average of the same trajectory, not its last weights; --trades-beta adds the KL term."""
+    config = dict(classifier=tiny_bundle.path, purifier=tiny_bundle.path, epochs=1, attack="pgd", attack_steps=2, limit=384, command="test")
+    plain = train_atop(AtopConfig(out=tmp_path / "plain", **config))
+    averaged = train_atop(AtopConfig(out=tmp_path / "ema", ema=0.5, **config))
+    start, last, mean = (bundle.purifier().state_dict() for bundle in (tiny_bundle, plain, averaged))
+    moved = [name for name in start if start[name].is_floating_point() and not torch.equal(start[name], last[name])]
+    assert moved and all(not torch.equal(mean[name], last[name]) for name in moved)
+    stable = train_atop(AtopConfig(out=tmp_path / "trades", trades_beta=1.0, **{**config, "limit": 128}))
+    assert stable.manifest["training"][-1]["history"][0]["kl"] >= 0 and "kl" not in plain.manifest["training"][-1]["history"][0]
+    with pytest.raises(ValueError, match="--ema"):
+        AtopConfig(out=tmp_path / "x", classifier=tiny_bundle.path, ema=1.5)
+
+
+def test_trades_classifier_loss_adds_a_non_negative_boundary_term(fmnist_test):
+    from training.adversarial import trades_loss
+    from purifier.bundle import DEFAULT_BUNDLE
+
+    classifier = load_bundle(DEFAULT_BUNDLE.parent / "fmnist-standard").classifier().train()
+    images = torch.from_numpy(fmnist_test.images[:64]).permute(0, 3, 1, 2).float() / 255
+    labels = torch.from_numpy(fmnist_test.labels[:64]).long()
+    generator = torch.Generator().manual_seed(0)
+    plain, logits = trades_loss(classifier, images, labels, 0.1, 3, 0.0, generator)
+    robust, _ = trades_loss(classifier, images, labels, 0.1, 3, 6.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(plain, torch.nn.functional.cross_entropy(logits, labels)) and robust > plain + 1.0  # an undefended model is far from stable

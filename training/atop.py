@@ -13,6 +13,15 @@ adversarial inputs:
 x' is crafted against the *whole* pipeline RT → g → f with the current purifier, fresh
 randomness at each attack step, and re-crafted for every batch: not against f alone, the
 reference code's weakness. λ is constant or ramps linearly over the fine-tuning epochs.
+
+Two additions from adversarial training's recipe, both off by default: a TRADES-style
+stability term (Zhang et al., ICML 2019) that pulls the pipeline's prediction on x' towards its
+prediction on the clean x under the same transform draw,
+
+    + β · KL( f(g(t(x))) ‖ f(g(t(x'))) )        (--trades-beta β)
+
+and an exponential moving average of the purifier's weights, θ̄ ← d·θ̄ + (1 − d)·θ after every
+step (--ema d, e.g. 0.999), which is what the bundle then holds.
 Both stages run in one resumable loop; ``--purifier BUNDLE`` starts from a pre-trained
 purifier instead (pre-training then defaults to 0 epochs).
 """
@@ -26,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from evaluation.accuracy import accuracy
 from purifier.bundle import Bundle, load_bundle
@@ -33,7 +43,7 @@ from purifier.errors import DataError
 from purifier.models import PURIFIERS, build
 from purifier.pipeline import Pipeline
 from purifier.transforms import NOISELESS_KINDS, RandomTransform
-from training.adversarial import adversarial_batch
+from training.adversarial import adversarial_batch, kl_divergence
 from training.common import (
     TrainConfig, classifier_and_training_data, metric, publish, seed_everything, train_epochs, training_record,
 )
@@ -64,6 +74,8 @@ class AtopConfig(TrainConfig):
     attack_steps: int = 5
     lam: float = 1.0
     lam_schedule: str = "constant"
+    trades_beta: float = 0.0
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.noise_std is None:
@@ -72,6 +84,8 @@ class AtopConfig(TrainConfig):
             self.pretrain_epochs = 0 if self.purifier else 5
         if self.attack not in ATTACKS or self.lam_schedule not in LAMBDA_SCHEDULES:
             raise ValueError(f"attack must be one of {ATTACKS} and lam_schedule one of {LAMBDA_SCHEDULES}")
+        if not 0.0 <= self.ema < 1.0 or self.trades_beta < 0:
+            raise ValueError("--ema is a decay in [0, 1) (0: off) and --trades-beta a weight ≥ 0")
         self.random_transform()  # validates the transform settings before any work starts
 
     def random_transform(self) -> RandomTransform:
@@ -117,7 +131,8 @@ def train_atop(config: AtopConfig) -> Bundle:
     optimizer = torch.optim.Adam(purifier.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (
         _cosine(step, pre_steps, config.lr) if step < pre_steps else _cosine(step - pre_steps, fine_steps, config.finetune_lr)))
-    state = TrainState({"purifier": purifier, **gan.modules}, {"purifier": optimizer, **gan.optimizers}, {"purifier": scheduler})
+    averaged = {"purifier_ema": AveragedModel(purifier, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)} if config.ema else {}
+    state = TrainState({"purifier": purifier, **averaged, **gan.modules}, {"purifier": optimizer, **gan.optimizers}, {"purifier": scheduler})
     total_epochs = config.pretrain_epochs + config.epochs
 
     def train_epoch(epoch: int) -> dict[str, float]:
@@ -140,10 +155,17 @@ def train_atop(config: AtopConfig) -> Bundle:
                     cross_entropy = F.cross_entropy(logits, target)
                     loss = loss + lam * cross_entropy
                     parts.update(ce=cross_entropy.item(), adversarial_accuracy=float((logits.argmax(1) == target).float().mean()))
+                if finetuning and config.trades_beta > 0:
+                    clean_logits = classifier(transform.purify(purifier, clean, mask, noise)).float()
+                    stability = kl_divergence(logits, F.softmax(clean_logits, dim=1)).mean()
+                    loss = loss + config.trades_beta * stability
+                    parts.update(kl=stability.item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if averaged:
+                averaged["purifier_ema"].update_parameters(purifier)
             with autocast(config.precision):
                 parts.update(gan.discriminator_step(purified, clean))
             purifier.eval()
@@ -151,6 +173,8 @@ def train_atop(config: AtopConfig) -> Bundle:
         return {"lambda": lam, **run.means()}
 
     train_epochs(state, config, total_epochs, train_epoch)
+    if averaged:  # the bundle holds the averaged weights
+        purifier = averaged["purifier_ema"].module
     purifier.eval()
     test = base.data("test", config.data_dir)
     test_images, test_labels = test.tensors()

@@ -18,7 +18,7 @@ from evaluation.attacks import JOINT_ETA
 from purifier.bundle import Bundle, load_bundle
 from purifier.data import load_split
 from purifier.models import CLASSIFIERS, build
-from training.adversarial import adversarial_batch
+from training.adversarial import adversarial_batch, trades_loss
 from training.common import (
     TrainConfig, channel_stats, dataset_entry, metric, publish, seed_everything, train_epochs, training_record,
 )
@@ -37,6 +37,7 @@ class ClassifierConfig(TrainConfig):
     flow: Path | None = None
     eta: float = JOINT_ETA
     mixup_alpha: float = 1.0
+    beta: float = 6.0  # TRADES' weight of the boundary term
 
     def __post_init__(self) -> None:
         if (self.method == "ijsat") != (self.flow is not None):
@@ -71,9 +72,13 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
         run = Epoch(len(labels), config.batch_size, config.seed, epoch, f"classifier epoch {epoch + 1}/{config.epochs}")
         for index in run:
             with autocast(config.precision):
-                inputs, targets = training_batch(index, run.generator)
-                logits = model(inputs)
-                loss = F.cross_entropy(logits.float(), targets)
+                if config.method == "trades":
+                    targets = labels[index]
+                    loss, logits = trades_loss(model, images[index], targets, config.eps, config.attack_steps, config.beta, run.generator)
+                else:
+                    inputs, targets = training_batch(index, run.generator)
+                    logits = model(inputs)
+                    loss = F.cross_entropy(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -87,6 +92,8 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
     classifier_entry = {"architecture": "resnet_small", "config": model_config, "method": config.method}
     if config.method != "standard":
         classifier_entry.update(eps=config.eps, attack_steps=1 if config.method == "fgsm_rs" else config.attack_steps)
+    if config.method == "trades":
+        classifier_entry.update(beta=config.beta)
     if flow is not None:
         classifier_entry.update(eta=config.eta, mixup_alpha=config.mixup_alpha, flow=load_bundle(config.flow).name)
     manifest = {
