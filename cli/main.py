@@ -57,12 +57,15 @@ def _evaluate(args: argparse.Namespace) -> None:
     from evaluation.report import write_report
 
     names = {field.name for field in dataclasses.fields(EvaluationConfig)}
+    if args.quick and args.screen:
+        raise PurifierError("pass --quick or --screen, not both")
     options = {key: value for key, value in vars(args).items() if key in names and key != "quick"}
     options["transfer_from"] = _transfer_sources(args)
     for directory in args.baseline:
         if not (directory / "report.json").exists():
             raise PurifierError(f"{directory} holds no report.json; evaluate that bundle first or drop --baseline {directory}")
-    config = EvaluationConfig.quick_run(**options) if args.quick else EvaluationConfig(**options)
+    preset = EvaluationConfig.quick_run if args.quick else EvaluationConfig.screening if args.screen else EvaluationConfig
+    config = preset(**options)
     evaluation = evaluate(args.bundle, args.out, config, data_dir=args.data_dir, reuse_classifier=args.reuse_classifier)
     report = write_report(evaluation, args.out, record=args.record, baselines=args.baseline)
     head = report["headline"]
@@ -81,6 +84,8 @@ def _transfer_sources(args: argparse.Namespace) -> tuple[Path, ...]:
     given = getattr(args, "transfer_from", None)
     if given is not None:
         return tuple(path for path in given if str(path) != "none")
+    if args.screen:
+        return ()
     from purifier.bundle import DEFAULT_BUNDLE, load_bundle
 
     if load_bundle(args.bundle).dataset_kind != "fashion-mnist":
@@ -152,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, required=True, help="report directory (partial results are saved there; rerun to resume)")
     evaluate.add_argument("--data-dir", type=Path, default=None)
     evaluate.add_argument("--quick", action="store_true", default=False, help="smoke-test sizes (minutes); the report marks them non-conformant")
+    evaluate.add_argument("--screen", action="store_true", default=False,
+                          help="screening sizes for comparing training changes: 100 images, PGD-20 × EOT-4, worst of 4 draws, headline radii only")
     evaluate.add_argument("--images", type=int, help="robust-accuracy images, the first N of the test set (default 500)")
     evaluate.add_argument("--clean-images", type=int, help="clean-accuracy images (default: all)")
     evaluate.add_argument("--corruption-images", type=int, help="corruption images (default 1000)")

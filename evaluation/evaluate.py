@@ -79,6 +79,14 @@ class EvaluationConfig:
                      curve_steps=3, curve_eot=1, autoattack_iterations=5, batch_size=32, quick=True, draws=4, square_queries=100)
         return cls(**{**sizes, **overrides})
 
+    @classmethod
+    def screening(cls, **overrides) -> EvaluationConfig:
+        """The screen that picks which training changes get the full protocol: 100 images, PGD-20 × EOT-4, worst of 4 draws,
+        at the headline radii only (minutes per bundle; not protocol-conformant)."""
+        sizes = dict(images=100, clean_images=2000, corruption_images=200, linf_eps=(0.1,), l2_eps=(1.5,), steps=20, eot=4, draws=4,
+                     autoattack=(), bpda=False, square_queries=0, quick=True)
+        return cls(**{**sizes, **overrides})
+
 
 @dataclass(frozen=True)
 class Unit:
