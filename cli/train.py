@@ -119,6 +119,9 @@ def add_train_command(commands) -> None:
     atop.add_argument("--lam", type=float, help="λ, weight of the classification loss (default 1.0)")
     atop.add_argument("--lam-schedule", choices=LAMBDA_SCHEDULES, help="constant (default) or linear ramp over the fine-tuning epochs")
     atop.add_argument("--trades-beta", type=float, help="β of the TRADES-style term KL(f(g(t(x))) ‖ f(g(t(x')))) in fine-tuning (default 0: off)")
+    atop.add_argument("--joint", action="store_true", help="also fine-tune the classifier with the purifier (for a classifier you may "
+                      "retrain, e.g. an adversarially trained one)")
+    atop.add_argument("--classifier-lr", type=float, help="peak learning rate of the classifier under --joint (default 1e-4)")
     atop.add_argument("--ema", type=float, help="decay of an exponential moving average of the purifier's weights, bundled instead of "
                       "the last weights (e.g. 0.999; default 0: off)")
     jatp = trainers.add_parser(
@@ -140,6 +143,7 @@ def add_train_command(commands) -> None:
     ijsat.add_argument("--eta", type=float, help=f"L∞ radius δz in the flow's latent space (default {JOINT_ETA:g})")
     ijsat.add_argument("--attack-steps", type=int, help="joint PGD steps per batch (default 10)")
     ijsat.add_argument("--mixup-alpha", type=float, help="α of Robust Mixup's λ ~ Beta(α, α) (default 1.0)")
+    ijsat.add_argument("--clean-weight", type=float, help="w of the clean-interpolation term w·CE(f(x̄), ȳ) (Lamb et al.; default 0: off)")
     ijsat.add_argument("--weight-decay", type=float)
     flow = trainers.add_parser("flow", help="a Glow normalizing flow by maximum likelihood (IJSAT's manifold model)", argument_default=argparse.SUPPRESS)
     _add_common_training(flow)

@@ -92,3 +92,12 @@ def test_trades_classifier_loss_adds_a_non_negative_boundary_term(fmnist_test):
     plain, logits = trades_loss(classifier, images, labels, 0.1, 3, 0.0, generator)
     robust, _ = trades_loss(classifier, images, labels, 0.1, 3, 6.0, torch.Generator().manual_seed(0))
     assert torch.allclose(plain, torch.nn.functional.cross_entropy(logits, labels)) and robust > plain + 1.0  # an undefended model is far from stable
+
+
+def test_joint_fine_tuning_updates_the_classifier_too(tiny_bundle, tmp_path):
+    bundle = train_atop(AtopConfig(out=tmp_path / "joint", classifier=tiny_bundle.path, purifier=tiny_bundle.path, epochs=1, attack="pgd",
+                                   attack_steps=2, limit=256, joint=True, classifier_lr=1e-3, command="test"))
+    before, after = tiny_bundle.classifier().state_dict(), bundle.classifier().state_dict()
+    assert any(not torch.equal(before[name], after[name]) for name in before if before[name].is_floating_point())
+    assert all(torch.equal(before[name], after[name]) for name in before if "running_" in name)  # batch-norm statistics frozen
+    assert bundle.manifest["purifier"]["method"] == "atop-joint" and bundle.manifest["classifier"]["fine_tuned"] == "atop-joint"

@@ -106,9 +106,10 @@ def test_joint_space_attack_stays_in_its_budget_and_is_stronger_than_image_space
 def test_robust_mixup_attacks_interpolated_pairs_with_mixed_labels(flow_bundle, fmnist_test):
     classifier = load_bundle(DEFAULT_BUNDLE).classifier().requires_grad_(False)
     images, labels = fmnist_test.head(32).tensors()
-    adversarial, targets = robust_mixup_batch(classifier, flow_bundle.flow().requires_grad_(False), images, labels, 10,
-                                              eps=0.1, eta=0.1, steps=2, alpha=1.0, generator=torch.Generator().manual_seed(0))
-    assert adversarial.shape == images.shape and 0 <= float(adversarial.min()) and float(adversarial.max()) <= 1
+    adversarial, mixed, targets = robust_mixup_batch(classifier, flow_bundle.flow().requires_grad_(False), images, labels, 10,
+                                                     eps=0.1, eta=0.1, steps=2, alpha=1.0, generator=torch.Generator().manual_seed(0))
+    assert adversarial.shape == images.shape == mixed.shape and 0 <= float(adversarial.min()) and float(adversarial.max()) <= 1
+    assert accuracy(classifier, mixed, targets.argmax(1)) > accuracy(classifier, adversarial, targets.argmax(1))  # x̄ is the clean interpolation
     assert torch.allclose(targets.sum(1), torch.ones(32)) and float(targets.max()) <= 1
     assert int((targets > 0).sum(1).max()) == 2  # two classes mixed for some pairs
     assert accuracy(classifier, adversarial, targets.argmax(1)) < accuracy(classifier, images, labels)
@@ -116,9 +117,10 @@ def test_robust_mixup_attacks_interpolated_pairs_with_mixed_labels(flow_bundle, 
 
 def test_train_ijsat_writes_a_classifier_bundle(flow_bundle, tmp_path, capsys):
     out = tmp_path / "ijsat"
-    main(["train", "ijsat", "--flow", str(flow_bundle.path), "--epochs", "1", "--limit", "256", "--attack-steps", "2", "--out", str(out)])
+    main(["train", "ijsat", "--flow", str(flow_bundle.path), "--epochs", "1", "--limit", "256", "--attack-steps", "2", "--clean-weight", "1",
+          "--out", str(out)])
     entry = load_bundle(out).manifest["classifier"]
-    assert entry["method"] == "ijsat" and entry["flow"] == flow_bundle.name and entry["eta"] == 0.03
+    assert entry["method"] == "ijsat" and entry["flow"] == flow_bundle.name and entry["eta"] == 0.03 and entry["clean_weight"] == 1.0
 
 
 def test_evaluate_runs_the_joint_space_threat(flow_bundle, tmp_path):

@@ -22,6 +22,11 @@ prediction on the clean x under the same transform draw,
 
 and an exponential moving average of the purifier's weights, θ̄ ← d·θ̄ + (1 − d)·θ after every
 step (--ema d, e.g. 0.999), which is what the bundle then holds.
+
+Joint fine-tuning (--joint, for a classifier one may retrain, e.g. an adversarially trained one,
+as CARSO composes purification with adversarial training): the classifier's weights f are
+updated by the same loss, min_{g,f} E [ L_gan+rec(x') + λ · CE(y, f(g(t(x')))) ], x' crafted
+against the current g and f; its batch-norm statistics stay frozen.
 Both stages run in one resumable loop; ``--purifier BUNDLE`` starts from a pre-trained
 purifier instead (pre-training then defaults to 0 epochs).
 """
@@ -76,6 +81,8 @@ class AtopConfig(TrainConfig):
     lam_schedule: str = "constant"
     trades_beta: float = 0.0
     ema: float = 0.0
+    joint: bool = False
+    classifier_lr: float = 1e-4
 
     def __post_init__(self) -> None:
         if self.noise_std is None:
@@ -121,7 +128,7 @@ def train_atop(config: AtopConfig) -> Bundle:
     base, data, images, labels = classifier_and_training_data(config)
     transform = config.random_transform()
     purifier, model_config, earlier_records = _initial_purifier(config, data.input_shape[0])
-    classifier = base.classifier().requires_grad_(False)
+    classifier = base.classifier().requires_grad_(config.joint)
     prepare(config.precision, classifier, purifier)
     pipeline = Pipeline(classifier, purifier, transform).eval()
     gan = ReconstructionGAN(data.input_shape[0], config.gan_weight)
@@ -133,6 +140,11 @@ def train_atop(config: AtopConfig) -> Bundle:
         _cosine(step, pre_steps, config.lr) if step < pre_steps else _cosine(step - pre_steps, fine_steps, config.finetune_lr)))
     averaged = {"purifier_ema": AveragedModel(purifier, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)} if config.ema else {}
     state = TrainState({"purifier": purifier, **averaged, **gan.modules}, {"purifier": optimizer, **gan.optimizers}, {"purifier": scheduler})
+    if config.joint:  # the classifier learns in the fine-tuning stage only (no classification loss before it)
+        classifier_optimizer = torch.optim.Adam(classifier.parameters(), lr=1.0)
+        state.modules["classifier"], state.optimizers["classifier"] = classifier, classifier_optimizer
+        state.schedulers["classifier"] = torch.optim.lr_scheduler.LambdaLR(classifier_optimizer, lambda step: (
+            0.0 if step < pre_steps else _cosine(step - pre_steps, fine_steps, config.classifier_lr)))
     total_epochs = config.pretrain_epochs + config.epochs
 
     def train_epoch(epoch: int) -> dict[str, float]:
@@ -140,6 +152,7 @@ def train_atop(config: AtopConfig) -> Bundle:
         lam = config.lam_at(epoch - config.pretrain_epochs) if finetuning else 0.0
         rng = np.random.default_rng([config.seed, epoch])
         pipeline.reseed([config.seed, epoch, 1])
+        classifier.eval()  # frozen, or under --joint learning with its batch-norm statistics frozen
         stage = f"atop fine-tune {epoch - config.pretrain_epochs + 1}/{config.epochs}" if finetuning else f"purifier pre-train {epoch + 1}/{config.pretrain_epochs}"
         run = Epoch(len(labels), config.batch_size, config.seed, epoch, stage)
         for index in run:
@@ -160,10 +173,12 @@ def train_atop(config: AtopConfig) -> Bundle:
                     stability = kl_divergence(logits, F.softmax(clean_logits, dim=1)).mean()
                     loss = loss + config.trades_beta * stability
                     parts.update(kl=stability.item())
-            optimizer.zero_grad(set_to_none=True)
+            for name in ("purifier", "classifier") if config.joint else ("purifier",):
+                state.optimizers[name].zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
+            for name in ("purifier", "classifier") if config.joint else ("purifier",):
+                state.optimizers[name].step()
+                state.schedulers[name].step()
             if averaged:
                 averaged["purifier_ema"].update_parameters(purifier)
             with autocast(config.precision):
@@ -173,18 +188,19 @@ def train_atop(config: AtopConfig) -> Bundle:
         return {"lambda": lam, **run.means()}
 
     train_epochs(state, config, total_epochs, train_epoch)
+    classifier.requires_grad_(False).eval()
     if averaged:  # the bundle holds the averaged weights
         purifier = averaged["purifier_ema"].module
     purifier.eval()
     test = base.data("test", config.data_dir)
     test_images, test_labels = test.tensors()
     protocol = {"split": "test", "images": len(test)}
-    method = "atop" if config.epochs > 0 else "reconstruction"
+    method = ("atop-joint" if config.joint else "atop") if config.epochs > 0 else "reconstruction"
     stage_name = "atop" if config.epochs > 0 else "purifier"
     manifest = {
         "name": config.name or Path(config.out).name,
         "dataset": base.manifest["dataset"],
-        "classifier": base.manifest["classifier"],
+        "classifier": {**base.manifest["classifier"], **({"fine_tuned": "atop-joint"} if config.joint else {})},
         "purifier": {"architecture": "unet", "config": model_config, "method": method, "random_transform": transform.to_dict()},
         "training": base.training_records("classifier") + earlier_records + [training_record(stage_name, config, state)],
         "metrics": {

@@ -38,10 +38,13 @@ class ClassifierConfig(TrainConfig):
     eta: float = JOINT_ETA
     mixup_alpha: float = 1.0
     beta: float = 6.0  # TRADES' weight of the boundary term
+    clean_weight: float = 0.0  # IJSAT: weight of the clean-interpolation term
 
     def __post_init__(self) -> None:
         if (self.method == "ijsat") != (self.flow is not None):
             raise ValueError("IJSAT training needs --flow BUNDLE (a flow from 'purifier train flow'), and only IJSAT uses a flow")
+        if self.clean_weight and self.method != "ijsat":
+            raise ValueError("--clean-weight is IJSAT's clean-interpolation term; other methods have none")
 
 
 def train_classifier(config: ClassifierConfig) -> Bundle:
@@ -61,24 +64,28 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
     state = TrainState({"classifier": model}, {"classifier": optimizer}, {"classifier": scheduler})
     flow = load_bundle(config.flow).flow().requires_grad_(False) if config.flow else None
 
-    def training_batch(index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets) of one batch: hard labels, or IJSAT's mixed soft labels."""
-        if flow is not None:
-            return robust_mixup_batch(model, flow, images[index], labels[index], len(data.class_names), config.eps, config.eta,
-                                      config.attack_steps, config.mixup_alpha, generator)
-        return adversarial_batch(model, images[index], labels[index], config.method, config.eps, config.attack_steps, generator), labels[index]
+    def loss_and_logits(index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, logits, targets) of one batch: hard labels, or IJSAT's mixed soft labels."""
+        if config.method == "trades":
+            loss, logits = trades_loss(model, images[index], labels[index], config.eps, config.attack_steps, config.beta, generator)
+            return loss, logits, labels[index]
+        if flow is None:
+            inputs = adversarial_batch(model, images[index], labels[index], config.method, config.eps, config.attack_steps, generator)
+            logits = model(inputs)
+            return F.cross_entropy(logits.float(), labels[index]), logits, labels[index]
+        adversarial, mixed, targets = robust_mixup_batch(model, flow, images[index], labels[index], len(data.class_names), config.eps,
+                                                         config.eta, config.attack_steps, config.mixup_alpha, generator)
+        logits = model(adversarial)
+        loss = F.cross_entropy(logits.float(), targets)
+        if config.clean_weight:
+            loss = loss + config.clean_weight * F.cross_entropy(model(mixed).float(), targets)
+        return loss, logits, targets
 
     def train_epoch(epoch: int) -> dict[str, float]:
         run = Epoch(len(labels), config.batch_size, config.seed, epoch, f"classifier epoch {epoch + 1}/{config.epochs}")
         for index in run:
             with autocast(config.precision):
-                if config.method == "trades":
-                    targets = labels[index]
-                    loss, logits = trades_loss(model, images[index], targets, config.eps, config.attack_steps, config.beta, run.generator)
-                else:
-                    inputs, targets = training_batch(index, run.generator)
-                    logits = model(inputs)
-                    loss = F.cross_entropy(logits.float(), targets)
+                loss, logits, targets = loss_and_logits(index, run.generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -95,7 +102,7 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
     if config.method == "trades":
         classifier_entry.update(beta=config.beta)
     if flow is not None:
-        classifier_entry.update(eta=config.eta, mixup_alpha=config.mixup_alpha, flow=load_bundle(config.flow).name)
+        classifier_entry.update(eta=config.eta, mixup_alpha=config.mixup_alpha, flow=load_bundle(config.flow).name, clean_weight=config.clean_weight)
     manifest = {
         "name": config.name or Path(config.out).name,
         "dataset": dataset_entry(data, config.data_dir),
