@@ -122,6 +122,8 @@ def add_train_command(commands) -> None:
     atop.add_argument("--joint", action="store_true", help="also fine-tune the classifier with the purifier (for a classifier you may "
                       "retrain, e.g. an adversarially trained one)")
     atop.add_argument("--classifier-lr", type=float, help="peak learning rate of the classifier under --joint (default 1e-4)")
+    atop.add_argument("--validate", type=int, help="hold out the last N training images; bundle the fine-tuning epoch with the best "
+                      "robust accuracy on them (PGD-10 × EOT-2, worst of 2 draws; default 0: the last epoch)")
     atop.add_argument("--ema", type=float, help="decay of an exponential moving average of the purifier's weights, bundled instead of "
                       "the last weights (e.g. 0.999; default 0: off)")
     jatp = trainers.add_parser(

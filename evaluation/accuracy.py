@@ -31,6 +31,17 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / max(len(labels), 1)
 
 
+def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int, eot: int, draws: int,
+                    seed: int = 0) -> float:
+    """Accuracy under L∞ PGD (``steps`` steps, EOT ``eot``) through the whole model, judged on the worst of ``draws`` draws:
+    the cheap robust check that selects training epochs, not a protocol figure."""
+    from evaluation.attacks import pgd
+
+    adversarial = pgd(model, images, labels, eps, steps=steps, eot=eot if is_stochastic(model) else 1,
+                      generator=torch.Generator().manual_seed(seed))
+    return float(correct_on_draws(model, adversarial, labels, seed, draws)[1].float().mean())
+
+
 @torch.no_grad()
 def correct_on_draws(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, seed: int, draws: int,
                      batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:

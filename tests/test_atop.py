@@ -101,3 +101,19 @@ def test_joint_fine_tuning_updates_the_classifier_too(tiny_bundle, tmp_path):
     assert any(not torch.equal(before[name], after[name]) for name in before if before[name].is_floating_point())
     assert all(torch.equal(before[name], after[name]) for name in before if "running_" in name)  # batch-norm statistics frozen
     assert bundle.manifest["purifier"]["method"] == "atop-joint" and bundle.manifest["classifier"]["fine_tuned"] == "atop-joint"
+
+
+def test_validation_selects_the_epoch_with_the_best_robust_accuracy(tiny_bundle, tmp_path):
+    bundle = train_atop(AtopConfig(out=tmp_path / "selected", classifier=tiny_bundle.path, purifier=tiny_bundle.path, epochs=2, attack="pgd",
+                                   attack_steps=1, limit=192, validate=64, command="test"))
+    history = bundle.manifest["training"][-1]["history"]
+    assert len(history) == 2 and all(0 <= epoch["robust_validation"] <= 1 for epoch in history)
+    from evaluation.accuracy import robust_accuracy
+    from purifier.pipeline import Pipeline
+
+    held = tiny_bundle.data("train").head(192).tensors()  # the last 64 of the first 192 training images were held out
+    again = robust_accuracy(Pipeline(bundle.classifier(), bundle.purifier(), bundle.transform).eval(), held[0][-64:], held[1][-64:], 0.1,
+                            steps=10, eot=2, draws=2, seed=0)
+    assert again == max(epoch["robust_validation"] for epoch in history)  # the bundle holds the best epoch's weights
+    with pytest.raises(Exception, match="half or more"):
+        train_atop(AtopConfig(out=tmp_path / "x", classifier=tiny_bundle.path, purifier=tiny_bundle.path, limit=100, validate=60, command="test"))

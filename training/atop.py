@@ -23,6 +23,10 @@ prediction on the clean x under the same transform draw,
 and an exponential moving average of the purifier's weights, θ̄ ← d·θ̄ + (1 − d)·θ after every
 step (--ema d, e.g. 0.999), which is what the bundle then holds.
 
+Robust early stopping (--validate N): the last N training images are held out; after every
+fine-tuning epoch the pipeline's accuracy on them under PGD-10 × EOT-2, judged on the worst of 2
+draws, is recorded, and the bundle holds the weights of the epoch where it was highest.
+
 Joint fine-tuning (--joint, for a classifier one may retrain, e.g. an adversarially trained one,
 as CARSO composes purification with adversarial training): the classifier's weights f are
 updated by the same loss, min_{g,f} E [ L_gan+rec(x') + λ · CE(y, f(g(t(x')))) ], x' crafted
@@ -33,6 +37,7 @@ purifier instead (pre-training then defaults to 0 epochs).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +47,7 @@ import torch
 from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from evaluation.accuracy import accuracy
+from evaluation.accuracy import accuracy, robust_accuracy
 from purifier.bundle import Bundle, load_bundle
 from purifier.errors import DataError
 from purifier.models import PURIFIERS, build
@@ -83,6 +88,7 @@ class AtopConfig(TrainConfig):
     ema: float = 0.0
     joint: bool = False
     classifier_lr: float = 1e-4
+    validate: int = 0
 
     def __post_init__(self) -> None:
         if self.noise_std is None:
@@ -126,6 +132,10 @@ def train_atop(config: AtopConfig) -> Bundle:
     """Pre-train and/or fine-tune a U-Net purifier for ``config.classifier``; write classifier + purifier as a bundle."""
     seed_everything(config.seed)
     base, data, images, labels = classifier_and_training_data(config)
+    if config.validate:
+        if config.validate >= len(labels) // 2:
+            raise DataError(f"--validate {config.validate} would hold out half or more of the {len(labels)} training images; pass fewer")
+        images, labels, held_images, held_labels = images[:-config.validate], labels[:-config.validate], images[-config.validate:], labels[-config.validate:]
     transform = config.random_transform()
     purifier, model_config, earlier_records = _initial_purifier(config, data.input_shape[0])
     classifier = base.classifier().requires_grad_(config.joint)
@@ -185,11 +195,32 @@ def train_atop(config: AtopConfig) -> Bundle:
                 parts.update(gan.discriminator_step(purified, clean))
             purifier.eval()
             run.record(len(index), **parts)
-        return {"lambda": lam, **run.means()}
+        metrics = {"lambda": lam, **run.means()}
+        if finetuning and config.validate:
+            metrics["robust_validation"] = _validate(epoch, metrics)
+        return metrics
 
+    def _validate(epoch: int, metrics: dict[str, float]) -> float:
+        """Robust accuracy of this epoch's weights on the held-out images; they become the selected ones if it is the best yet."""
+        current = averaged["purifier_ema"].module if averaged else purifier
+        value = robust_accuracy(Pipeline(classifier, current, transform).eval(), held_images, held_labels, config.eps, steps=10, eot=2, draws=2,
+                                seed=config.seed)
+        if value > max((record.get("robust_validation", -1.0) for record in state.history), default=-1.0):
+            state.modules["purifier_selected"].load_state_dict(current.state_dict())
+            if config.joint:
+                state.modules["classifier_selected"].load_state_dict(classifier.state_dict())
+        return value
+
+    if config.validate:  # the weights of the epoch with the best robust validation accuracy, checkpointed with the rest
+        state.modules["purifier_selected"] = copy.deepcopy(purifier)
+        if config.joint:
+            state.modules["classifier_selected"] = copy.deepcopy(classifier)
     train_epochs(state, config, total_epochs, train_epoch)
     classifier.requires_grad_(False).eval()
-    if averaged:  # the bundle holds the averaged weights
+    if config.validate:  # the bundle holds the selected weights (of the averaged model, with --ema)
+        purifier = state.modules["purifier_selected"]
+        classifier = state.modules.get("classifier_selected", classifier).requires_grad_(False).eval()
+    elif averaged:  # the bundle holds the averaged weights
         purifier = averaged["purifier_ema"].module
     purifier.eval()
     test = base.data("test", config.data_dir)
