@@ -5,9 +5,16 @@ Graphs (all float32, NCHW, [0, 1]):
     classifier.onnx  image -> logits
     purifier.onnx    image, mask, noise -> purified          (g(t(x)), RT applied in-graph)
     pipeline.onnx    image, mask, noise -> logits, purified  (f(g(t(x))))
+    sealed.onnx      image -> logits, purified               (the transform drawn inside the graph)
 
-The random transform's randomness enters as the ``mask`` and ``noise`` inputs, sampled by the
-runtime with ``RandomTransform.sample``, so PyTorch and ONNX Runtime can be compared exactly.
+In the first three the random transform's randomness enters as the ``mask`` and ``noise``
+inputs, sampled by the runtime with ``RandomTransform.sample``, so PyTorch and ONNX Runtime can
+be compared exactly. Served anywhere else (Triton, KServe, plain ONNX Runtime) they would let
+the *client* choose the randomness: an empty mask removes the defence. ``sealed.onnx`` takes the
+image alone and draws mask and noise with ONNX's RandomUniformLike / RandomNormalLike, fresh on
+every call: the graph to deploy outside this server. It cannot match PyTorch draw for draw; its
+check is that it runs at both batch sizes and that two calls draw differently (the tests compare
+its statistics with PyTorch's on real images).
 After writing, every graph is run in ONNX Runtime on fresh random inputs at two batch sizes
 and compared with PyTorch; a difference above the tolerance raises ExportParityError.
 """
@@ -35,6 +42,7 @@ GRAPHS = {
     "classifier": (("image",), ("logits",)),
     "purifier": (("image", "mask", "noise"), ("purified",)),
     "pipeline": (("image", "mask", "noise"), ("logits", "purified")),
+    "sealed": (("image",), ("logits", "purified")),
 }
 
 
@@ -54,6 +62,8 @@ class _Graph(nn.Module):
             return self.pipeline.classifier(image)
         if self.stage == "purifier":
             return self.pipeline.purify_with(image, mask, noise)
+        if self.stage == "sealed":
+            return self.pipeline.forward_with(image, *self.pipeline.transform.sample_like(image))
         return self.pipeline.forward_with(image, mask, noise)
 
 
@@ -77,6 +87,17 @@ def _export_graph(pipeline: Pipeline, stage: str, shape: tuple[int, int, int], p
         )
 
 
+def sealed_check(pipeline: Pipeline, path: Path, shape: tuple[int, int, int], seed: int) -> None:
+    """The sealed graph runs at batch sizes 1 and 7, and a stochastic one draws afresh on every call."""
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    for batch in (1, 7):
+        image = rng.random((batch, *shape), dtype=np.float32)
+        first, second = (session.run(["purified"], {"image": image})[0] for _ in range(2))
+        if first.shape != image.shape or (pipeline.is_stochastic and np.array_equal(first, second)):
+            raise ExportParityError(f"sealed.onnx gave {first.shape} for {image.shape}, or the same draw twice; nothing was written")
+
+
 def parity(pipeline: Pipeline, stage: str, path: Path, shape: tuple[int, int, int], seed: int) -> float:
     """Max |ONNX Runtime - PyTorch| over all outputs, at batch sizes 1 and 7, on fresh inputs."""
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -98,7 +119,7 @@ def export_bundle(bundle_path: Path, tolerance: float = 1e-4, seed: int = 0) -> 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     bundle = load_bundle(bundle_path)
     pipeline = bundle.pipeline(seed=seed)
-    stages = [stage for stage in GRAPHS if stage != "purifier" or bundle.has_purifier]
+    stages = [stage for stage in GRAPHS if stage not in ("purifier", "sealed") or bundle.has_purifier]
     target = bundle.path / EXPORT_DIR
     target.mkdir(exist_ok=True)
     records = {}
@@ -106,6 +127,11 @@ def export_bundle(bundle_path: Path, tolerance: float = 1e-4, seed: int = 0) -> 
         for stage in stages:
             staged = Path(scratch) / f"{stage}.onnx"
             _export_graph(pipeline, stage, bundle.input_shape, staged)
+            if stage == "sealed":
+                sealed_check(pipeline, staged, bundle.input_shape, seed)
+                records[stage] = {"file": f"{EXPORT_DIR}/{stage}.onnx", "inputs": ["image"], "outputs": ["logits", "purified"],
+                                  "randomness": "drawn in the graph (RandomUniformLike, RandomNormalLike), fresh on every call"}
+                continue
             difference = parity(pipeline, stage, staged, bundle.input_shape, seed)
             print(f"{stage}.onnx: max abs difference vs PyTorch {difference:.2e} (tolerance {tolerance:.0e})", file=sys.stderr)
             if not difference <= tolerance:

@@ -114,6 +114,8 @@ def quantize_bundle(bundle_path: Path, calibration_images: int = 512, robust_ima
     records = {}
     with tempfile.TemporaryDirectory(dir=bundle.path / "onnx") as scratch:
         for stage, record in graphs.items():
+            if stage == "sealed":  # its random operators have no calibration data; the INT8 runtime feeds its own draws
+                continue
             prepared, quantized = Path(scratch) / f"{stage}.pre.onnx", Path(scratch) / f"{stage}.int8.onnx"
             quant_pre_process(str(bundle.file(record["file"])), str(prepared))
             quantize_static(str(prepared), str(quantized), _Feeds(feeds[stage]), quant_format=QuantFormat.QDQ, per_channel=True,

@@ -63,6 +63,18 @@ class RandomTransform:
             noise = (rng.standard_normal(noise.shape) * self.noise_std).astype(np.float32)
         return np.ascontiguousarray(mask), noise
 
+    def sample_like(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same distribution as ``sample``, drawn with torch's random operators for a batch like ``image``: exported
+        to ONNX as RandomUniformLike / RandomNormalLike, so a sealed graph draws its own randomness on every call."""
+        height, width = image.shape[-2:]
+        if self.kind == "none":
+            return torch.ones_like(image[:, :1]).expand(-1, self.masks, -1, -1), torch.zeros_like(image)
+        owner = torch.floor(torch.rand_like(image[:, :1, :: self.block_size, :: self.block_size]) / self.missing_rate)
+        keep = torch.cat([(owner != k).to(image.dtype) for k in range(self.masks)], dim=1)
+        mask = keep.repeat_interleave(self.block_size, dim=2).repeat_interleave(self.block_size, dim=3)[:, :, :height, :width]
+        noise = torch.randn_like(image) * self.noise_std if self.noise_std > 0 else torch.zeros_like(image)
+        return mask, noise
+
     @staticmethod
     def apply(image: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """t(x) = m ⊙ clip(x + noise, 0, 1) for one mask (B, 1, H, W); differentiable in ``image``."""
