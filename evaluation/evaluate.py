@@ -16,7 +16,8 @@ so every adversarial example (and every clean image) of a stochastic model is ju
 draws (``draws``, default 10; see ``evaluation.accuracy``): ``correct`` is draw 0, the
 single-draw figure earlier reports gave, ``correct_all_draws`` whether all N draws were right.
 Results of a run made before worst-of-N existed are completed by attacking again the images
-that survived each attack and judging the new examples on N draws (``catch_up_seconds``).
+that survived each attack (and, judged on all N draws, every attack before it) and judging the new
+examples on N draws (``catch_up_seconds``).
 
 Work is split into units (model, attack, norm, ε) done batch by batch; every finished batch is
 saved to DIR/partial.json, and rerunning the same command continues from there. Options that
@@ -401,11 +402,13 @@ def evaluate(bundle_path: Path, out: Path, config: EvaluationConfig, data_dir: P
             record["attacked"] += int(alive.sum())
             record["seconds"] += time.perf_counter() - began
             partial.save()
-        if draws > 1:  # a record made before worst-of-N: attack the images that survived it again, judged on every draw
+        if draws > 1:  # a record made before worst-of-N: attack again the images that survived it and every earlier attack on all draws
             todo = list(range(len(record["correct_all_draws"]), len(record["correct"]), config.batch_size))
+            earlier_all = [results[u.key]["correct_all_draws"] for u in units[:position] if (u.model, u.norm, u.eps) == (unit.model, unit.norm, unit.eps)]
             for start in [] if not todo else progress(todo, len(todo), f"{name}: worst of {draws} draws"):
                 began = time.perf_counter()
-                survived = torch.tensor(record["correct"][start:start + config.batch_size], dtype=torch.bool)
+                batch = range(start, min(start + config.batch_size, len(labels)))
+                survived = torch.tensor([record["correct"][i] and all(outcome[i] for outcome in earlier_all) for i in batch], dtype=torch.bool)
                 record["correct_all_draws"] += judge(start, survived)[1].tolist()
                 record["catch_up_seconds"] += time.perf_counter() - began
                 partial.save()
