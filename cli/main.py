@@ -94,6 +94,18 @@ def _transfer_sources(args: argparse.Namespace) -> tuple[Path, ...]:
     return tuple(path for path in defaults if (path / "bundle.json").exists())
 
 
+def _certify(args: argparse.Namespace) -> None:
+    from evaluation.certification import CertifyConfig, certify_bundle
+
+    options = {key: getattr(args, key) for key in ("images", "n0", "n", "alpha", "batch", "seed") if getattr(args, key, None) is not None}
+    config = CertifyConfig.quick_run(**options) if args.quick else CertifyConfig(**options)
+    report = certify_bundle(args.bundle, args.out, config, data_dir=args.data_dir, record=args.record)
+    print(f"{report['bundle']} (σ {report['sigma']:g}): certified accuracy " + ", ".join(
+        f"{value:.1%} at r = {radius}" for radius, value in report["accuracy_at_radius"].items()) + f"; abstained on {report['abstention_rate']:.1%}"
+        + ("" if report["protocol"]["conformant"] else "  [not protocol-conformant]"))
+    print(f"wrote {args.out / 'report.md'}, report.json and certified_accuracy.png" + (f"; recorded in {args.bundle / 'bundle.json'}" if args.record else ""))
+
+
 def _serve(args: argparse.Namespace) -> None:
     from serving import torchserve
 
@@ -184,6 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
                                "(a composed bundle), instead of running them again")
     evaluate.add_argument("--record", action="store_true", default=False, help="write the headline figures into the bundle's bundle.json")
     evaluate.set_defaults(func=_evaluate)
+
+    certify = commands.add_parser("certify", help="certified L2 robustness by randomized smoothing (bundles with the gaussian transform)")
+    certify.add_argument("bundle", type=Path)
+    certify.add_argument("--out", type=Path, required=True, help="report directory (certificates are saved there as they are made; rerun to resume)")
+    certify.add_argument("--data-dir", type=Path, default=None)
+    certify.add_argument("--quick", action="store_true", help="smoke-test sizes (20 images, n0 20, n 200); the report marks them non-conformant")
+    certify.add_argument("--images", type=int, help="the first N test images (default 500)")
+    certify.add_argument("--n0", type=int, help="selection draws per image (default 100)")
+    certify.add_argument("--n", type=int, help="estimation draws per image (default 10,000)")
+    certify.add_argument("--alpha", type=float, help="failure probability of each certificate (default 0.001)")
+    certify.add_argument("--batch", type=int, help="draws per forward pass (default 1000)")
+    certify.add_argument("--seed", type=int, help="image i draws its noise from (seed, i) (default 0)")
+    certify.add_argument("--record", action="store_true", help="write metrics.certified into the bundle's bundle.json")
+    certify.set_defaults(func=_certify)
 
     serve = commands.add_parser("serve", help="serve a bundle with TorchServe on 127.0.0.1")
     serve.add_argument("bundle", type=Path, nargs="?", help="bundle directory (default: the bundled Fashion-MNIST model)")

@@ -15,7 +15,7 @@ from purifier.data import DATASETS
 from purifier.errors import PurifierError
 from purifier.transforms import KINDS
 from training.adversarial import METHODS
-from training.atop import ATTACKS, LAMBDA_SCHEDULES
+from training.atop import ATTACKS, LAMBDA_SCHEDULES, TARGETS
 from training.common import finished_bundle
 from training.jatp import EXAMPLES
 from training.precision import PRECISIONS
@@ -44,7 +44,8 @@ def _add_common_training(parser: argparse.ArgumentParser) -> None:
 def _add_purifier_training(parser: argparse.ArgumentParser) -> None:
     """Options of purifier training: the classifier behind it, the random transform and the GAN loss."""
     parser.add_argument("--classifier", type=Path, required=True, help="bundle with the classifier to put the purifier in front of")
-    parser.add_argument("--transform", choices=KINDS, help="random transform: mask (RT1), noise_mask (RT2, default) or noise_multimask (RT3)")
+    parser.add_argument("--transform", choices=KINDS, help="random transform: mask (RT1), noise_mask (RT2, default), noise_multimask (RT3), or gaussian (noise only: "
+                        "randomized smoothing's base classifier, certifiable)")
     parser.add_argument("--block-size", type=int, help="mask block size in pixels (default 4)")
     parser.add_argument("--missing-rate", type=float, help="fraction of blocks each mask drops (default 0.25)")
     parser.add_argument("--noise-std", type=float, help="σ of the Gaussian noise of RT2/RT3 (default 0.1; RT1 adds none)")
@@ -113,7 +114,9 @@ def add_train_command(commands) -> None:
     atop.add_argument("--purifier", type=Path, help="start from this bundle's pre-trained purifier (then --pretrain-epochs defaults to 0)")
     atop.add_argument("--pretrain-epochs", type=int, help="pre-training epochs before fine-tuning (default 5, or 0 with --purifier); --epochs counts fine-tuning epochs")
     atop.add_argument("--finetune-lr", type=float, help="peak learning rate of fine-tuning (default 5e-4)")
-    atop.add_argument("--attack", choices=ATTACKS, help="how x' is crafted against the pipeline: fgsm_rs (default) or pgd")
+    atop.add_argument("--attack", choices=ATTACKS, help="how x' is crafted against the pipeline: fgsm_rs (default), pgd, or none (x' = x)")
+    atop.add_argument("--targets", choices=TARGETS, help="labels of the classification loss: the data's (default) or the classifier's own "
+                      "prediction on the clean image (denoised smoothing's stability objective)")
     atop.add_argument("--eps", type=float, help="L∞ radius of x' (default 0.1)")
     atop.add_argument("--attack-steps", type=int, help="PGD steps when --attack pgd (default 5)")
     atop.add_argument("--lam", type=float, help="λ, weight of the classification loss (default 1.0)")

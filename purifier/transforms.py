@@ -8,7 +8,9 @@ RT3 ``noise_multimask``: the noisy image x̃ = clip(x + σ·n, 0, 1) is purified
     (the second term covers pixels no mask dropped, which is none when N · missing_rate = 1).
 Each m is a block mask: the image is tiled in ``block_size``² blocks and each block is dropped
 (m = 0) with probability ``missing_rate``; under RT3 a dropped block belongs to exactly one of
-the N masks. ``none`` is the identity (m = 1, no noise).
+the N masks. ``none`` is the identity (m = 1, no noise). ``gaussian`` is noise alone,
+t(x) = clip(x + σ·n, 0, 1) with m = 1: the base classifier of randomized smoothing (Cohen et al.,
+ICML 2019), whose prediction can be certified (``evaluation.certify``).
 
 Sampling (numpy, explicit ``np.random.Generator``) is separate from application (torch,
 differentiable), so the same mask and noise can be fed to PyTorch and to an exported graph.
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-KINDS = ("none", "mask", "noise_mask", "noise_multimask")
+KINDS = ("none", "mask", "noise_mask", "noise_multimask", "gaussian")
 NOISELESS_KINDS = ("none", "mask")
 
 
@@ -41,6 +43,8 @@ class RandomTransform:
             raise ValueError(f"invalid random transform settings: {self}")
         if self.kind in NOISELESS_KINDS and self.noise_std > 0:
             raise ValueError(f"random transform {self.kind!r} adds no noise: set noise_std to 0 or use noise_mask / noise_multimask")
+        if self.kind == "gaussian" and (self.noise_std <= 0 or self.missing_rate != 0):
+            raise ValueError(f"the gaussian transform adds noise of σ > 0 and masks nothing (missing rate 0); got {self}")
         if (self.kind == "noise_multimask") != (self.masks > 1) or self.masks * self.missing_rate > 1.0 + 1e-9:
             raise ValueError(f"invalid random transform settings: {self} (RT3 needs masks >= 2 and masks * missing_rate <= 1; other kinds use one mask)")
 
@@ -54,6 +58,8 @@ class RandomTransform:
         noise = np.zeros((batch, channels, height, width), dtype=np.float32)
         if self.kind == "none":
             return mask, noise
+        if self.kind == "gaussian":
+            return mask, (rng.standard_normal(noise.shape) * self.noise_std).astype(np.float32)
         rows, cols = -(-height // self.block_size), -(-width // self.block_size)
         # Each block draws u ~ U(0, 1); it is dropped from mask k when k·rate <= u < (k+1)·rate.
         owner = np.floor(rng.random((batch, 1, rows, cols)) / self.missing_rate) if self.missing_rate > 0 else np.full((batch, 1, rows, cols), np.inf)
@@ -67,8 +73,9 @@ class RandomTransform:
         """The same distribution as ``sample``, drawn with torch's random operators for a batch like ``image``: exported
         to ONNX as RandomUniformLike / RandomNormalLike, so a sealed graph draws its own randomness on every call."""
         height, width = image.shape[-2:]
-        if self.kind == "none":
-            return torch.ones_like(image[:, :1]).expand(-1, self.masks, -1, -1), torch.zeros_like(image)
+        if self.kind in ("none", "gaussian"):
+            noise = torch.randn_like(image) * self.noise_std if self.noise_std > 0 else torch.zeros_like(image)
+            return torch.ones_like(image[:, :1]).expand(-1, self.masks, -1, -1), noise
         owner = torch.floor(torch.rand_like(image[:, :1, :: self.block_size, :: self.block_size]) / self.missing_rate)
         keep = torch.cat([(owner != k).to(image.dtype) for k in range(self.masks)], dim=1)
         mask = keep.repeat_interleave(self.block_size, dim=2).repeat_interleave(self.block_size, dim=3)[:, :, :height, :width]

@@ -14,6 +14,10 @@ x' is crafted against the *whole* pipeline RT → g → f with the current purif
 randomness at each attack step, and re-crafted for every batch: not against f alone, the
 reference code's weakness. λ is constant or ramps linearly over the fine-tuning epochs.
 
+With ``--attack none --targets classifier`` and the gaussian transform this is denoised
+smoothing's denoiser training (Salman et al., NeurIPS 2020): reconstruction plus the stability
+objective CE(f(g(x + δ)), f(x)), δ ~ N(0, σ²I), the classifier's own clean prediction as target.
+
 Two additions from adversarial training's recipe, both off by default: a TRADES-style
 stability term (Zhang et al., ICML 2019) that pulls the pipeline's prediction on x' towards its
 prediction on the clean x under the same transform draw,
@@ -61,7 +65,8 @@ from training.gan import ReconstructionGAN
 from training.loop import Epoch, TrainState
 from training.precision import autocast, prepare
 
-ATTACKS = ("fgsm_rs", "pgd")
+ATTACKS = ("fgsm_rs", "pgd", "none")
+TARGETS = ("labels", "classifier")
 LAMBDA_SCHEDULES = ("constant", "linear")
 
 
@@ -75,8 +80,8 @@ class AtopConfig(TrainConfig):
     finetune_lr: float = 5e-4
     transform: str = "noise_mask"
     block_size: int = 4
-    missing_rate: float = 0.25
-    noise_std: float | None = None  # None: 0.1 for the noisy transforms (RT2, RT3), 0 for RT1
+    missing_rate: float | None = None  # None: 0.25, or 0 for the gaussian transform (which masks nothing)
+    noise_std: float | None = None  # None: 0.1 for the noisy transforms (RT2, RT3), 0.25 for gaussian, 0 for RT1
     masks: int = 1
     gan_weight: float = 0.01
     attack: str = "fgsm_rs"
@@ -89,14 +94,17 @@ class AtopConfig(TrainConfig):
     joint: bool = False
     classifier_lr: float = 1e-4
     validate: int = 0
+    targets: str = "labels"
 
     def __post_init__(self) -> None:
         if self.noise_std is None:
-            self.noise_std = 0.0 if self.transform in NOISELESS_KINDS else 0.1
+            self.noise_std = 0.0 if self.transform in NOISELESS_KINDS else 0.25 if self.transform == "gaussian" else 0.1
+        if self.missing_rate is None:
+            self.missing_rate = 0.0 if self.transform == "gaussian" else 0.25
         if self.pretrain_epochs is None:
             self.pretrain_epochs = 0 if self.purifier else 5
-        if self.attack not in ATTACKS or self.lam_schedule not in LAMBDA_SCHEDULES:
-            raise ValueError(f"attack must be one of {ATTACKS} and lam_schedule one of {LAMBDA_SCHEDULES}")
+        if self.attack not in ATTACKS or self.lam_schedule not in LAMBDA_SCHEDULES or self.targets not in TARGETS:
+            raise ValueError(f"attack must be one of {ATTACKS}, lam_schedule one of {LAMBDA_SCHEDULES} and targets one of {TARGETS}")
         if not 0.0 <= self.ema < 1.0 or self.trades_beta < 0:
             raise ValueError("--ema is a decay in [0, 1) (0: off) and --trades-beta a weight ≥ 0")
         self.random_transform()  # validates the transform settings before any work starts
@@ -167,8 +175,12 @@ def train_atop(config: AtopConfig) -> Bundle:
         run = Epoch(len(labels), config.batch_size, config.seed, epoch, stage)
         for index in run:
             clean, target = images[index], labels[index]
+            if config.targets == "classifier":  # denoised smoothing's stability objective: agree with f on the clean image
+                with torch.no_grad(), autocast(config.precision):
+                    target = classifier(clean).argmax(1)
             with autocast(config.precision):
-                inputs = adversarial_batch(pipeline, clean, target, config.attack, config.eps, config.attack_steps, run.generator) if finetuning else clean
+                attack = "standard" if config.attack == "none" else config.attack
+                inputs = adversarial_batch(pipeline, clean, target, attack, config.eps, config.attack_steps, run.generator) if finetuning else clean
                 mask, noise = (torch.from_numpy(a) for a in transform.sample(len(index), data.input_shape, rng))
                 purifier.train()
                 purified = transform.purify(purifier, inputs, mask, noise).float()

@@ -1,0 +1,78 @@
+"""Randomized smoothing: the CERTIFY statistics, and `purifier certify` on a denoiser bundle trained here at smoke size."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from scipy.stats import norm
+from torch import nn
+
+from cli.main import main
+from evaluation.certify import certify, lower_confidence_bound
+from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+
+
+class _Constant(nn.Module):
+    """Always class 3, whatever the noise: the smoothed classifier is certain."""
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(torch.full((len(x),), 3), 10).float()
+
+
+class _Coin(nn.Module):
+    """A fresh uniformly random class on every call: nothing can be certified."""
+
+    def __init__(self):
+        super().__init__()
+        self.generator = torch.Generator().manual_seed(0)
+
+    def forward(self, x):
+        return torch.rand(len(x), 10, generator=self.generator)
+
+
+def test_clopper_pearson_lower_bound_is_exact_at_the_edges():
+    assert lower_confidence_bound(0, 100, 0.001) == 0.0
+    assert lower_confidence_bound(10_000, 10_000, 0.001) == pytest.approx(0.001 ** (1 / 10_000))  # all draws agree: α^(1/n)
+    assert lower_confidence_bound(9_000, 10_000, 0.001) < 0.9 < lower_confidence_bound(9_200, 10_000, 0.001)
+
+
+def test_certify_certifies_a_certain_model_and_abstains_on_a_coin():
+    image = torch.rand(1, 28, 28)
+    certain = certify(_Constant(), image, sigma=0.25, n0=100, n=10_000, alpha=0.001, num_classes=10)
+    assert certain.prediction == 3 and certain.radius == pytest.approx(0.25 * norm.ppf(0.001 ** (1 / 10_000)))
+    coin = certify(_Coin(), image, sigma=0.25, n0=100, n=1_000, alpha=0.001, num_classes=10)
+    assert coin.prediction is None and coin.radius is None
+
+
+@pytest.fixture(scope="module")
+def denoiser(tmp_path_factory):
+    """A gaussian-transform bundle (σ 0.25) in front of the standard classifier, denoised-smoothing objective, smoke size."""
+    out = tmp_path_factory.mktemp("smoothing") / "denoiser"
+    main(["train", "atop", "--classifier", str(DEFAULT_BUNDLE.parent / "fmnist-standard"), "--transform", "gaussian", "--pretrain-epochs", "1",
+          "--epochs", "1", "--attack", "none", "--targets", "classifier", "--limit", "1024", "--out", str(out)])
+    return load_bundle(out)
+
+
+def test_certify_command_reports_records_and_resumes(denoiser, tmp_path, capsys):
+    assert denoiser.transform.kind == "gaussian" and denoiser.transform.noise_std == 0.25 and denoiser.pipeline().is_stochastic
+    out = tmp_path / "report"
+    main(["certify", str(denoiser.path), "--out", str(out), "--quick", "--images", "8", "--record"])
+    report = json.loads((out / "report.json").read_text())
+    assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", "certified_accuracy.png", "partial.json"}
+    assert report["images"] == 8 and set(report["accuracy_at_radius"]) == {"0", "0.25", "0.5", "0.75", "1"}
+    values = list(report["accuracy_at_radius"].values())
+    assert values == sorted(values, reverse=True) and not report["protocol"]["conformant"]
+    assert all(r is None or r > 0 for r in report["radii"]) and len(report["radii"]) == 8
+    certified = load_bundle(denoiser.path).manifest["metrics"]["certified"]
+    assert certified["sigma"] == 0.25 and certified["n"] == 200 and certified["accuracy_at_radius"] == report["accuracy_at_radius"]
+    before = (out / "partial.json").read_text()
+    main(["certify", str(denoiser.path), "--out", str(out), "--quick", "--images", "8"])
+    assert (out / "partial.json").read_text() == before  # nothing certified twice
+
+
+def test_certify_refuses_a_bundle_without_the_gaussian_transform(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["certify", str(DEFAULT_BUNDLE), "--out", str(tmp_path / "out"), "--quick"])
+    assert exit_info.value.code == 2 and "gaussian" in capsys.readouterr().err and not (tmp_path / "out").exists()
