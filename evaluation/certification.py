@@ -19,12 +19,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from evaluation.certify import PROTOCOL, Certificate, certified_accuracy, certify  # noqa: E402
+from evaluation.certify import PROTOCOL, certified_accuracy, certify  # noqa: E402
 from evaluation.stats import wilson  # noqa: E402
 from purifier.bundle import load_bundle, update_manifest  # noqa: E402
 from purifier.errors import PurifierError  # noqa: E402
 from purifier.fsutil import atomic_write_bytes, atomic_write_json  # noqa: E402
 from purifier.progress import progress  # noqa: E402
+from purifier.smoothing import Certificate  # noqa: E402
 
 
 @dataclass(kw_only=True)

@@ -8,7 +8,8 @@ f(x) = classifier(purifier(clip(x + δ))), δ ~ N(0, σ²I) (denoised smoothing,
 CERTIFY: ĉ = the most frequent class among n0 selection draws; p = the one-sided (1 − α)
 Clopper–Pearson lower bound of ĉ's count among n fresh estimation draws; if p > ½, g(x) = ĉ for
 every x' with ‖x' − x‖₂ < R = σ · Φ⁻¹(p), else abstain. The radius is in [0, 1] pixel units. With
-probability ≥ 1 − α a returned certificate is correct, whatever the attacker does.
+probability ≥ 1 − α a returned certificate is correct, whatever the attacker does (the statistics:
+``purifier.smoothing``).
 
 >>> certificate = certify(model, image, sigma=0.25, n0=100, n=10_000, alpha=0.001)
 >>> certificate.prediction, certificate.radius       # (None, None) when g abstains
@@ -16,29 +17,13 @@ probability ≥ 1 − α a returned certificate is correct, whatever the attacke
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
-from scipy.stats import beta, norm
 from torch import nn
 
+from purifier.smoothing import Certificate, certificate_from_counts
+
 PROTOCOL = {"n0": 100, "n": 10_000, "alpha": 0.001, "images": 500, "radii": (0.25, 0.5, 0.75, 1.0)}
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """The smoothed prediction of one image and its certified L2 radius (both None when g abstains)."""
-
-    prediction: int | None
-    radius: float | None
-    count: int  # estimation draws that gave the selected class
-    samples: int
-
-
-def lower_confidence_bound(count: int, samples: int, alpha: float) -> float:
-    """One-sided (1 − α) Clopper–Pearson lower bound of a binomial proportion count/samples."""
-    return 0.0 if count == 0 else float(beta.ppf(alpha, count, samples - count + 1))
 
 
 @torch.no_grad()
@@ -57,12 +42,8 @@ def class_counts(model: nn.Module, image: torch.Tensor, samples: int, num_classe
 def certify(model: nn.Module, image: torch.Tensor, sigma: float, n0: int, n: int, alpha: float, num_classes: int,
             batch: int = 1000) -> Certificate:
     """Cohen et al.'s CERTIFY for one image, with ``model`` drawing fresh Gaussian noise on every call."""
-    selected = int(class_counts(model, image, n0, num_classes, batch).argmax())
-    count = int(class_counts(model, image, n, num_classes, batch)[selected])
-    bound = lower_confidence_bound(count, n, alpha)
-    if bound <= 0.5:
-        return Certificate(None, None, count, n)
-    return Certificate(selected, sigma * float(norm.ppf(bound)), count, n)
+    selection = class_counts(model, image, n0, num_classes, batch)
+    return certificate_from_counts(selection, class_counts(model, image, n, num_classes, batch), sigma, alpha)
 
 
 def certified_accuracy(certificates: list[Certificate], labels: list[int], radius: float) -> float:

@@ -34,6 +34,7 @@ from purifier.errors import ImageDecodeError, PurifierError
 from purifier.fsutil import atomic_write_bytes, atomic_write_json
 from purifier.images import encode_png
 from serving.metrics import bundle_sha256
+from serving.protocols import certification_fields
 from serving.service import PurificationService
 
 PREDICTIONS, SUMMARY, SHARDS = "predictions.jsonl", "summary.json", ".shards"
@@ -120,7 +121,8 @@ class _ShardInFlight:
     writes: list[Future]
 
 
-def _start_shard(service: PurificationService, dst: Path, shard: int, loaded, fmt: str, seed: int, pool: ThreadPoolExecutor) -> _ShardInFlight:
+def _start_shard(service: PurificationService, dst: Path, shard: int, loaded, fmt: str, seed: int, pool: ThreadPoolExecutor,
+                 certify: bool = False) -> _ShardInFlight:
     """Purify one decoded shard and hand its outputs to the writer threads (the next shard runs meanwhile)."""
     images, kept, records = loaded
     writes: list[Future] = []
@@ -131,9 +133,11 @@ def _start_shard(service: PurificationService, dst: Path, shard: int, loaded, fm
         else:
             npz = _npz_bytes(outcome.purified, [item.name for item in kept], outcome.predictions)
             writes = [pool.submit(atomic_write_bytes, dst / f"shard-{shard:06d}.npz", npz, False)]
-        for item, prediction in zip(kept, outcome.predictions):
+        certificates = service.certify(np.stack(images), rng=np.random.default_rng([seed, shard, 1])) if certify else [None] * len(kept)
+        for item, prediction, certificate in zip(kept, outcome.predictions, certificates):
             output = item.output if fmt == "png" else f"shard-{shard:06d}.npz"
-            records.append({"path": item.name, "output": output, **prediction.to_dict()})
+            certified = {} if certificate is None else certification_fields(certificate, prediction, service.bundle.class_names)
+            records.append({"path": item.name, "output": output, **prediction.to_dict(), **certified})
     return _ShardInFlight(shard, sorted(records, key=lambda record: record["path"]), writes)
 
 
@@ -182,7 +186,7 @@ def _prefetch(pool: ThreadPoolExecutor, shards: list[int], items: list[Item], sh
 
 
 def purify(items: list[Item], dst: Path, service: PurificationService, shard_size: int = 256, seed: int = 0, fmt: str = "png",
-           threads: int = 2, skipped: list[str] = ()) -> BatchSummary:
+           threads: int = 2, skipped: list[str] = (), certify: bool = False) -> BatchSummary:
     """Purify ``items`` into ``dst`` (resuming finished shards); merge records and summary once all shards are done.
     ``skipped``: the source's files that are not images, counted and listed in the summary."""
     if fmt not in FORMATS:
@@ -190,7 +194,7 @@ def purify(items: list[Item], dst: Path, service: PurificationService, shard_siz
     rank, world = _distributed()
     count = -(-len(items) // shard_size)
     _check_settings(dst, {"bundle": bundle_sha256(service.bundle), "seed": seed, "shard_size": shard_size, "format": fmt,
-                          "inputs": len(items), "runtime": service.runtime.name})
+                          "inputs": len(items), "runtime": service.runtime.name, **({"certify": True} if certify else {})})
     summary = BatchSummary(total=len(items), shards=count, skipped_non_images=len(skipped), skipped_files=list(skipped))
     mine = [shard for shard in range(rank, count, world)]
     todo = [shard for shard in mine if not _shard_record(dst, shard).exists()]
@@ -202,7 +206,7 @@ def purify(items: list[Item], dst: Path, service: PurificationService, shard_siz
     with ThreadPoolExecutor(max_workers=threads) as pool:
         in_flight: _ShardInFlight | None = None
         for shard, loaded in _prefetch(pool, todo, items, shard_size):
-            started_shard = _start_shard(service, dst, shard, loaded.result(), fmt, seed, pool)
+            started_shard = _start_shard(service, dst, shard, loaded.result(), fmt, seed, pool, certify)
             if in_flight is not None:
                 _finish_shard(dst, in_flight)
             in_flight = started_shard
@@ -261,10 +265,14 @@ def _merge(dst: Path, count: int, summary: BatchSummary) -> None:
 
 def purify_folder(src: Path, dst: Path, bundle: Path | None = None, batch_size: int = 256, seed: int = 0, runtime: str = "onnxruntime",
                   fmt: str = "png", dataset: str | None = None, split: str = "test", data_dir: Path | None = None,
-                  limit: int | None = None) -> BatchSummary:
-    """The ``purifier purify`` job: a folder ``src`` (or a data set split) into ``dst``."""
+                  limit: int | None = None, certify: bool = False) -> BatchSummary:
+    """The ``purifier purify`` job: a folder ``src`` (or a data set split) into ``dst``; ``certify`` adds each image's smoothed label and
+    certified L2 radius (randomized-smoothing bundles only) to predictions.jsonl."""
     dst = Path(dst)
     service = PurificationService.from_bundle(bundle, runtime=runtime, seed=seed)
+    if certify and service.bundle.transform.kind != "gaussian":
+        raise PurifierError(f"{service.bundle.path} cannot certify: its random transform is {service.bundle.transform.kind!r}, not gaussian; "
+                            "drop --certify or pass a randomized-smoothing bundle")
     skipped: list[str] = []
     if dataset is not None:
         items = dataset_items(dataset, split, data_dir, limit)
@@ -276,4 +284,4 @@ def purify_folder(src: Path, dst: Path, bundle: Path | None = None, batch_size: 
             raise PurifierError(f"destination {dst} lies inside the source {src}; choose a folder outside it")
         items = folder_items(src, service)
         skipped = [path.relative_to(src).as_posix() for path in list_non_images(src)]
-    return purify(items, dst, service, shard_size=batch_size, seed=seed, fmt=fmt, skipped=skipped)
+    return purify(items, dst, service, shard_size=batch_size, seed=seed, fmt=fmt, skipped=skipped, certify=certify)

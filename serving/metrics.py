@@ -11,6 +11,8 @@ declares, so ``metrics_config`` writes TorchServe's default config plus the entr
                                                   "attack suspected" signal to alert on
     PurifierImages              counter    count  images answered
     PurifierModelInfo           gauge      count  1, with Bundle, BundleSha256 and Mode labels
+    PurifierCertified           counter    count  images answered with a certificate (certify=true)
+    PurifierCertifyAbstentions  counter    count  of those, where the smoothed classifier abstained
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ REJECTED = MetricSpec("PurifierRejectedInputs", "counter", "count", COMMON + ("R
 CHANGED = MetricSpec("PurifierChangedPredictions", "counter", "count")
 IMAGES = MetricSpec("PurifierImages", "counter", "count")
 MODEL_INFO = MetricSpec("PurifierModelInfo", "gauge", "count", COMMON + ("Bundle", "BundleSha256", "Mode"))
-METRICS = (STAGE_LATENCY, BATCH_SIZE, REJECTED, CHANGED, IMAGES, MODEL_INFO)
+CERTIFIED = MetricSpec("PurifierCertified", "counter", "count")
+ABSTENTIONS = MetricSpec("PurifierCertifyAbstentions", "counter", "count")
+METRICS = (STAGE_LATENCY, BATCH_SIZE, REJECTED, CHANGED, IMAGES, MODEL_INFO, CERTIFIED, ABSTENTIONS)
 
 
 def bundle_sha256(bundle: Bundle) -> str:
@@ -85,6 +89,12 @@ class ServingMetrics:
         self._emit(IMAGES, images)
         if changed:
             self._emit(CHANGED, changed)
+
+    def certified(self, certificates: list) -> None:
+        self._emit(CERTIFIED, len(certificates))
+        abstained = sum(c.prediction is None for c in certificates)
+        if abstained:
+            self._emit(ABSTENTIONS, abstained)
 
     def rejected(self, reason: str) -> None:
         self._emit(REJECTED, 1, reason)

@@ -34,6 +34,8 @@ from purifier.images import decode_image, encode_png
 V2_DATATYPES = ("UINT8", "FP32")  # besides BYTES (encoded image files)
 OPTION = "return_purified"
 OPTION_HEADER = "x-return-purified"
+CERTIFY = "certify"
+CERTIFY_HEADER = "x-certify"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MAX_IMAGES_PER_REQUEST = 256
 
@@ -46,6 +48,7 @@ class Request:
     protocol: str  # "raw" | "json" | "v2"
     return_purified: bool = False
     request_id: str | None = None
+    certify: bool = False
 
 
 def _flag(value) -> bool:
@@ -108,6 +111,16 @@ def parse_request(item: dict, shape: tuple[int, int, int], headers: dict[str, st
     (ImageDecodeError / RequestFormatError)."""
     headers = headers or {}
     body = item.get("body", item.get("data"))
+    request = _parse_body(item, body, shape, headers)
+    certify = _flag(item.get(CERTIFY)) or _flag(headers.get(CERTIFY_HEADER))
+    if isinstance(body, dict):
+        parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
+        certify = certify or _flag(body.get(CERTIFY)) or _flag(parameters.get(CERTIFY))
+    request.certify = certify
+    return request
+
+
+def _parse_body(item: dict, body, shape: tuple[int, int, int], headers: dict[str, str]) -> Request:
     return_purified = _flag(item.get(OPTION)) or _flag(headers.get(OPTION_HEADER))
     if body is None and headers.get("content-type", "").split(";")[0].strip().lower() == FORM_CONTENT_TYPE:
         if any(str(key).lstrip().startswith(("{", "[")) for key in item):
@@ -116,7 +129,7 @@ def parse_request(item: dict, shape: tuple[int, int, int], headers: dict[str, st
         raise RequestFormatError("the body was sent as a form (Content-Type: application/x-www-form-urlencoded, curl's default for -d and "
                                  "--data-binary); send the image file with curl -T FILE, or add 'Content-Type: application/octet-stream'", "bad_request")
     if body is None:  # multipart/form-data: the image is the first binary field that is not an option
-        files = [value for key, value in item.items() if key != OPTION and isinstance(value, (bytes, bytearray))]
+        files = [value for key, value in item.items() if key not in (OPTION, CERTIFY) and isinstance(value, (bytes, bytearray))]
         if not files:
             raise ImageDecodeError("empty request: send the image file as the body, a form field, JSON or a v2 request", "empty")
         return Request(_stack([decode_image(bytes(files[0]), shape)]), "raw", return_purified)
@@ -144,8 +157,20 @@ def _png_base64(image: np.ndarray) -> str:
     return base64.b64encode(encode_png(image)).decode("ascii")
 
 
-def format_response(request: Request, predictions: list, purified: np.ndarray, model_name: str, class_names: list[str]) -> dict:
-    """The response body for a classified request (predictions are serving.service.Prediction)."""
+def certification_fields(certificate, prediction, class_names: list[str]) -> dict:
+    """The fields a certified answer adds: the smoothed classifier's label and its certified L2 radius (null when it abstains)."""
+    smoothed = None if certificate.prediction is None else class_names[certificate.prediction]
+    fields = {"smoothed_label": smoothed, "certified_radius": None if certificate.radius is None else round(certificate.radius, 6)}
+    if smoothed != prediction.label:
+        fields["labels_differ"] = ("'label' is the prediction of one random draw; 'smoothed_label' is the smoothed classifier's, the one "
+                                   "the radius certifies" if smoothed is not None else "the smoothed classifier abstains: no certified label")
+    return fields
+
+
+def format_response(request: Request, predictions: list, purified: np.ndarray, model_name: str, class_names: list[str],
+                    certificates: list | None = None) -> dict:
+    """The response body for a classified request (predictions are serving.service.Prediction; ``certificates``
+    purifier.smoothing.Certificate per image when the request asked to certify)."""
     if request.protocol == "v2":
         count = len(predictions)
         outputs = [
@@ -158,10 +183,17 @@ def format_response(request: Request, predictions: list, purified: np.ndarray, m
         ]
         if request.return_purified:
             outputs.append({"name": "purified", "datatype": "BYTES", "shape": [count], "data": [_png_base64(i) for i in purified]})
+        if certificates is not None:  # abstention: smoothed index -1 and radius -1 (v2 tensors hold no nulls)
+            outputs.append({"name": "smoothed_index", "datatype": "INT64", "shape": [count],
+                            "data": [-1 if c.prediction is None else c.prediction for c in certificates]})
+            outputs.append({"name": "certified_radius", "datatype": "FP32", "shape": [count],
+                            "data": [-1.0 if c.radius is None else c.radius for c in certificates]})
         response = {"model_name": model_name, "outputs": outputs}
         return {**response, "id": request.request_id} if request.request_id else response
     (prediction,) = predictions
     body = prediction.to_dict()
+    if certificates is not None:
+        body.update(certification_fields(certificates[0], prediction, class_names))
     if request.return_purified:
         body["purified_png_base64"] = _png_base64(purified[0])
     return body

@@ -100,7 +100,7 @@ class Batching:
 
 def build_archive(
     bundle: Bundle, work: Path, seed: int | None = None, mode: str = "classify", batching: Batching = Batching(), handler: Path = HANDLER,
-    runtime: str = "onnxruntime",
+    runtime: str = "onnxruntime", certify: dict | None = None,
 ) -> Path:
     """Archive the bundle's listed files and the handler as WORK/model-store/MODEL.mar.
 
@@ -122,7 +122,7 @@ def build_archive(
     model_config = work / "model-config.yaml"
     model_config.write_text(yaml.safe_dump({
         "minWorkers": 1, "maxWorkers": 1, "batchSize": batching.batch_size, "maxBatchDelay": batching.max_batch_delay_ms,
-        "handler": {"seed": seed, "mode": mode, "runtime": runtime},
+        "handler": {"seed": seed, "mode": mode, "runtime": runtime, "certify": certify or {}},
     }))
     command = [
         _bin("torch-model-archiver"), "--model-name", name, "--version", "1.0", "--handler", str(handler),
@@ -213,6 +213,7 @@ def _env(directory: Path) -> dict[str, str]:
 def serve(
     bundle_path: Path | None = None, port: int = 8080, foreground: bool = False, timeout_s: float = 180.0,
     host: str = "127.0.0.1", seed: int | None = None, batching: Batching = Batching(), handler: Path = HANDLER, runtime: str = "onnxruntime",
+    certify: dict | None = None,
 ) -> Server:
     """Start TorchServe with the bundle and return once its models answer; raise if they cannot load.
 
@@ -246,7 +247,7 @@ def serve(
         shutil.rmtree(directory)  # state of a server that is no longer running
     (directory / "logs").mkdir(parents=True)
     modes = ("classify", "purify") if handler == HANDLER else ("classify",)
-    archives = [build_archive(bundle, directory, seed, mode, batching, handler, runtime) for mode in modes]
+    archives = [build_archive(bundle, directory, seed, mode, batching, handler, runtime, certify) for mode in modes]
     store = archives[0].parent
     config = write_config(directory, store, port, host)
     command = [

@@ -5,7 +5,8 @@ images of all readable items are purified and classified in one call (the random
 drawn per image), and each item gets its own response: predictions (or purified images, for
 the purify-only model), or a 400 with {"error", "reason"} for an item that cannot be read, while
 the rest of the batch is served. Settings come from the archive's model-config YAML
-(``handler: {seed, mode, runtime}``; mode ``classify`` or ``purify``). A failure to load is logged as one
+(``handler: {seed, mode, runtime, certify}``; mode ``classify`` or ``purify``; certify: CertifySettings
+for requests that ask ``certify=true``). A failure to load is logged as one
 line starting with LOAD_FAILED, which `purifier serve` looks for to stop the server with that
 reason instead of leaving it answering 503.
 """
@@ -18,7 +19,7 @@ import numpy as np
 from purifier.errors import BadInputError
 from serving.metrics import ServingMetrics
 from serving.protocols import error_body, format_purified, format_response, parse_request
-from serving.service import PurificationService
+from serving.service import CertifySettings, PurificationService
 
 LOAD_FAILED = "PURIFIER_MODEL_LOAD_FAILED"
 MODES = ("classify", "purify")
@@ -34,6 +35,7 @@ class PurifierHandler:
             self.service = PurificationService.from_bundle(context.system_properties["model_dir"], runtime=settings.get("runtime", "onnxruntime"),
                                                            seed=settings.get("seed"))
             self.model_name = context.model_name
+            self.certify = CertifySettings(**(settings.get("certify") or {}))
             self.metrics = ServingMetrics(context.metrics, context.model_name)
             self.metrics.model_info(self.service.bundle, self.mode)
         except Exception as error:
@@ -73,6 +75,24 @@ class PurifierHandler:
                 offset = span.stop
                 if self.mode == "purify":
                     responses[position] = format_purified(request, purified[span], self.model_name)
-                else:
-                    responses[position] = format_response(request, outcome.predictions[span], purified[span], self.model_name, self.service.bundle.class_names)
+                    continue
+                try:
+                    certificates = self._certificates(request)
+                except BadInputError as error:
+                    context.set_response_status(400, "Bad Request", idx=position)
+                    responses[position] = error_body(error)
+                    self.metrics.rejected(error.reason)
+                    continue
+                responses[position] = format_response(request, outcome.predictions[span], purified[span], self.model_name,
+                                                      self.service.bundle.class_names, certificates)
         return responses
+
+    def _certificates(self, request) -> list | None:
+        """Certificates for a request that asked certify=true (timed as the certify stage), else None."""
+        if not request.certify:
+            return None
+        started = time.perf_counter()
+        certificates = self.service.certify(request.images, self.certify)
+        self.metrics.stage("certify", (time.perf_counter() - started) * 1000)
+        self.metrics.certified(certificates)
+        return certificates

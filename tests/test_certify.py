@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
 from torch import nn
 
 from cli.main import main
-from evaluation.certify import certify, lower_confidence_bound
+from evaluation.certify import certify
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+from purifier.smoothing import lower_confidence_bound
+from tests.serving_helpers import needs_java
 
 
 class _Constant(nn.Module):
@@ -76,3 +79,59 @@ def test_certify_refuses_a_bundle_without_the_gaussian_transform(tmp_path, capsy
     with pytest.raises(SystemExit) as exit_info:
         main(["certify", str(DEFAULT_BUNDLE), "--out", str(tmp_path / "out"), "--quick"])
     assert exit_info.value.code == 2 and "gaussian" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_certify_option_is_read_from_every_request_form():
+    import base64
+
+    import numpy as np
+
+    from purifier.images import encode_png
+    from serving.protocols import parse_request
+
+    png = encode_png(np.zeros((28, 28, 1), dtype=np.uint8))
+    b64 = base64.b64encode(png).decode()
+    shape = (1, 28, 28)
+    assert parse_request({"body": png}, shape, {"x-certify": "true"}).certify
+    assert parse_request({"file": png, "certify": b"true"}, shape).certify
+    assert parse_request({"body": {"image": b64, "certify": True}}, shape).certify
+    assert parse_request({"body": {"inputs": [{"name": "i", "datatype": "BYTES", "shape": [1], "data": [b64]}], "parameters": {"certify": True}}}, shape).certify
+    assert not parse_request({"body": png}, shape).certify
+
+
+@needs_java
+def test_the_server_answers_certify_true_with_a_certified_radius(denoiser, tmp_path, fmnist_test):
+    """A randomized-smoothing bundle served for real: certify=true adds the smoothed label and its radius; the default bundle refuses."""
+    import requests
+
+    from purifier.images import encode_png
+    from tests.serving_helpers import PORT, serve
+
+    started = serve([str(denoiser.path), "--seed", "0"], tmp_path)
+    try:
+        assert started.returncode == 0, started.stderr + started.stdout
+        key = json.loads((tmp_path / "serve" / "key_file.json").read_text())["inference"]["key"]
+        url = f"http://127.0.0.1:{PORT}/predictions/{denoiser.name}"
+        answers = [requests.put(url, data=encode_png(image), headers={"Authorization": f"Bearer {key}", "X-Certify": "true"}, timeout=60).json()
+                   for image in fmnist_test.images[:6]]
+        for body in answers:
+            assert {"label", "smoothed_label", "certified_radius"} <= set(body), body
+            assert (body["smoothed_label"] is None) == (body["certified_radius"] is None)
+            assert ("labels_differ" in body) == (body["smoothed_label"] != body["label"])
+        plain = requests.put(url, data=encode_png(fmnist_test.images[0]), headers={"Authorization": f"Bearer {key}"}, timeout=60).json()
+        assert "certified_radius" not in plain
+        metrics = requests.get(f"http://127.0.0.1:{PORT + 2}/metrics", timeout=30).text
+        assert "PurifierCertified" in metrics
+    finally:
+        serve(["--stop"], tmp_path)
+
+
+def test_purify_certify_writes_radii_and_a_non_smoothing_model_refuses(denoiser, tmp_path, capsys):
+    from purifier.errors import RequestFormatError
+    from serving.service import PurificationService
+
+    main(["purify", "--dataset", "fashion-mnist", "--limit", "12", "--bundle", str(denoiser.path), "--certify", str(tmp_path / "out")])
+    records = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 12 and all("certified_radius" in r and "smoothed_label" in r for r in records)
+    with pytest.raises(RequestFormatError, match="cannot certify"):
+        PurificationService.from_bundle(DEFAULT_BUNDLE, seed=0).certify(np.zeros((1, 28, 28, 1), dtype=np.uint8))
