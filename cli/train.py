@@ -96,7 +96,9 @@ def add_train_command(commands) -> None:
     _add_common_training(classifier)
     classifier.add_argument("--dataset", choices=DATASETS, help="fashion-mnist (default), cifar10 or folder")
     classifier.add_argument("--weight-decay", type=float)
-    classifier.add_argument("--method", choices=METHODS, help="standard (default), pgd (Madry PGD-AT), fgsm_rs (Wong fast AT) or trades (Zhang et al.)")
+    classifier.add_argument("--method", choices=METHODS + ("gaussian",), help="standard (default), pgd (Madry PGD-AT), fgsm_rs (Wong fast AT), "
+                            "trades (Zhang et al.) or gaussian (noise augmentation: randomized smoothing's classifier, certifiable)")
+    classifier.add_argument("--noise-std", type=float, help="gaussian: σ of the noise augmentation and of the smoothing (default 0.25)")
     classifier.add_argument("--beta", type=float, help="TRADES: weight β of the KL boundary term (default 6)")
     classifier.add_argument("--eps", type=float, help="L∞ radius of adversarial training (default 0.1)")
     classifier.add_argument("--attack-steps", type=int, help="PGD steps per batch in PGD-AT (default 10)")

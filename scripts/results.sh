@@ -36,6 +36,10 @@ evaluate() {  # evaluate NAME [OPTIONS...]: the full protocol on bundles/NAME in
   purifier evaluate "bundles/$name" --out "reports/$name" --record "${baselines[@]}" "$@"
 }
 
+certify() {  # certify NAME: randomized smoothing's CERTIFY on bundles/NAME into reports/NAME-certified, recorded in the bundle
+  purifier certify "bundles/$1" --out "reports/$1-certified" --record
+}
+
 # The served default, bundles/fmnist-default, is the AToP RT1 pipeline (step atop-rt1). The
 # defaults before it: the AToP RT2 pipeline (bundles/fmnist-atop-rt2) and a purifier trained only
 # to reconstruct (by an earlier version of 'train purifier', so no step remakes it),
@@ -57,6 +61,11 @@ declare -A STEPS=(
   [jatp-on-pgd-at]="compose bundles/fmnist-jatp-on-pgd-at --purifier bundles/fmnist-jatp --classifier bundles/fmnist-pgd-at"
   [jatp-static-on-pgd-at]="compose bundles/fmnist-jatp-static-on-pgd-at --purifier bundles/fmnist-jatp-static --classifier bundles/fmnist-pgd-at"
   [jatp-on-ijsat]="compose bundles/fmnist-jatp-on-ijsat --purifier bundles/fmnist-jatp --classifier bundles/fmnist-ijsat"
+  # randomized smoothing (not run yet): denoisers for the frozen standard classifier, and noise-trained classifiers as controls
+  [denoiser-0.25]="train bundles/fmnist-denoiser-0.25 atop --classifier bundles/fmnist-standard --transform gaussian --noise-std 0.25 --attack none --targets classifier --pretrain-epochs 5 --epochs 5 --precision bf16"
+  [denoiser-0.5]="train bundles/fmnist-denoiser-0.5 atop --classifier bundles/fmnist-standard --transform gaussian --noise-std 0.5 --attack none --targets classifier --pretrain-epochs 5 --epochs 5 --precision bf16"
+  [noise-0.25]="train bundles/fmnist-noise-0.25 classifier --method gaussian --noise-std 0.25 --epochs 15 --precision bf16"
+  [noise-0.5]="train bundles/fmnist-noise-0.5 classifier --method gaussian --noise-std 0.5 --epochs 15 --precision bf16"
 )
 ORDER=(standard pgd-at fgsm-rs pretrained atop-rt1 atop-rt2 atop-rt3 atop-rt1-pgd jatp jatp-static jatp-on-pgd-at jatp-static-on-pgd-at jatp-pgd-at flow ijsat jatp-on-ijsat)
 for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-reconstruction fmnist-pretrained fmnist-default fmnist-atop-rt2 fmnist-atop-rt3 fmnist-atop-rt1-pgd \
@@ -69,6 +78,10 @@ STEPS[eval-jatp-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-static-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-on-ijsat]+=" --reuse-classifier reports/fmnist-ijsat"
+for name in denoiser-0.25 denoiser-0.5 noise-0.25 noise-0.5; do
+  STEPS[certify-$name]="certify fmnist-$name"
+  ORDER+=("$name" "certify-$name")
+done
 # IJSAT's joint-space attack (latent space of bundles/fmnist-flow) on these rows; joint-NAME is the same step as eval-NAME
 for name in fmnist-standard fmnist-pgd-at fmnist-ijsat fmnist-jatp-on-ijsat; do
   STEPS[eval-${name#fmnist-}]+=" --joint-flow bundles/fmnist-flow"

@@ -135,3 +135,16 @@ def test_purify_certify_writes_radii_and_a_non_smoothing_model_refuses(denoiser,
     assert len(records) == 12 and all("certified_radius" in r and "smoothed_label" in r for r in records)
     with pytest.raises(RequestFormatError, match="cannot certify"):
         PurificationService.from_bundle(DEFAULT_BUNDLE, seed=0).certify(np.zeros((1, 28, 28, 1), dtype=np.uint8))
+
+
+def test_noise_trained_classifier_is_a_certifiable_bundle(tmp_path, capsys):
+    """The control of denoised smoothing: a classifier trained with Gaussian noise, bundled with the identity purifier."""
+    out = tmp_path / "noise-trained"
+    main(["train", "classifier", "--method", "gaussian", "--noise-std", "0.5", "--epochs", "1", "--limit", "512", "--widths", "8,16,16", "--out", str(out)])
+    bundle = load_bundle(out)
+    assert bundle.manifest["purifier"]["architecture"] == "identity" and bundle.transform.kind == "gaussian" and bundle.transform.noise_std == 0.5
+    pipeline = bundle.pipeline(seed=0)
+    image = torch.zeros(2, 1, 28, 28)
+    assert not torch.equal(pipeline.purify(image), pipeline.purify(image))  # fresh noise on every call, no network
+    main(["certify", str(out), "--out", str(tmp_path / "report"), "--quick", "--images", "4"])
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["sigma"] == 0.5

@@ -1,5 +1,8 @@
 """Classifier training: standard, min_θ E_(x,y) CE(f_θ(x), y), or adversarial (see adversarial.py,
-and ijsat.py for IJSAT's joint-space Robust Mixup).
+and ijsat.py for IJSAT's joint-space Robust Mixup), or with Gaussian noise augmentation,
+min_θ E_(x,y) E_δ CE(f_θ(clip(x + δ)), y), δ ~ N(0, σ²I) (Cohen et al., ICML 2019): the classifier
+of randomized smoothing, bundled with the identity purifier and the gaussian random transform so
+that ``purifier certify`` certifies it.
 
 The baselines every defence is measured against, and the classifier a purifier is put in
 front of. SGD with Nesterov momentum and a one-cycle learning-rate schedule.
@@ -18,6 +21,8 @@ from evaluation.attacks import JOINT_ETA
 from purifier.bundle import Bundle, load_bundle
 from purifier.data import load_split
 from purifier.models import CLASSIFIERS, build
+from purifier.models.identity import Identity
+from purifier.transforms import RandomTransform
 from training.adversarial import adversarial_batch, trades_loss
 from training.common import (
     TrainConfig, channel_stats, dataset_entry, metric, publish, seed_everything, train_epochs, training_record,
@@ -39,6 +44,7 @@ class ClassifierConfig(TrainConfig):
     mixup_alpha: float = 1.0
     beta: float = 6.0  # TRADES' weight of the boundary term
     clean_weight: float = 0.0  # IJSAT: weight of the clean-interpolation term
+    noise_std: float = 0.25  # method gaussian: σ of the noise augmentation (and of the smoothing it is certified with)
 
     def __post_init__(self) -> None:
         if (self.method == "ijsat") != (self.flow is not None):
@@ -69,6 +75,10 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
         if config.method == "trades":
             loss, logits = trades_loss(model, images[index], labels[index], config.eps, config.attack_steps, config.beta, generator)
             return loss, logits, labels[index]
+        if config.method == "gaussian":
+            noisy = torch.clamp(images[index] + config.noise_std * torch.randn(images[index].shape, generator=generator), 0, 1)
+            logits = model(noisy)
+            return F.cross_entropy(logits.float(), labels[index]), logits, labels[index]
         if flow is None:
             inputs = adversarial_batch(model, images[index], labels[index], config.method, config.eps, config.attack_steps, generator)
             logits = model(inputs)
@@ -97,7 +107,7 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
     train_epochs(state, config, config.epochs, train_epoch)
     test, test_images, test_labels = load_split(config.dataset, config.data_dir, "test")
     classifier_entry = {"architecture": "resnet_small", "config": model_config, "method": config.method}
-    if config.method != "standard":
+    if config.method not in ("standard", "gaussian"):
         classifier_entry.update(eps=config.eps, attack_steps=1 if config.method == "fgsm_rs" else config.attack_steps)
     if config.method == "trades":
         classifier_entry.update(beta=config.beta)
@@ -107,8 +117,11 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
         "name": config.name or Path(config.out).name,
         "dataset": dataset_entry(data, config.data_dir),
         "classifier": classifier_entry,
-        "purifier": None,
+        "purifier": None if config.method != "gaussian" else {
+            "architecture": "identity", "config": {"in_channels": data.input_shape[0]}, "method": "none",
+            "random_transform": RandomTransform("gaussian", missing_rate=0.0, noise_std=config.noise_std).to_dict()},
         "training": [training_record("classifier", config, state)],
         "metrics": {"clean_accuracy_classifier": metric(accuracy(model, test_images, test_labels), split="test", images=len(test))},
     }
-    return publish(config.out, manifest, {"classifier": model})
+    models = {"classifier": model} if config.method != "gaussian" else {"classifier": model, "purifier": Identity(data.input_shape[0])}
+    return publish(config.out, manifest, models)

@@ -7,11 +7,12 @@ from typing import Any
 from torch import nn
 
 from purifier.models.flow import Glow
+from purifier.models.identity import Identity
 from purifier.models.resnet import ResNetSmall
 from purifier.models.unet import UNet
 
 CLASSIFIERS: dict[str, type[nn.Module]] = {"resnet_small": ResNetSmall}
-PURIFIERS: dict[str, type[nn.Module]] = {"unet": UNet}
+PURIFIERS: dict[str, type[nn.Module]] = {"unet": UNet, "identity": Identity}
 FLOWS: dict[str, type[nn.Module]] = {"glow": Glow}
 
 
