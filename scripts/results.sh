@@ -36,6 +36,10 @@ evaluate() {  # evaluate NAME [OPTIONS...]: the full protocol on bundles/NAME in
   purifier evaluate "bundles/$name" --out "reports/$name" --record "${baselines[@]}" "$@"
 }
 
+screen() {  # screen NAME: the 100-image screen (PGD-20 × EOT-4, worst of 4 draws) that picks which changes get the full protocol
+  purifier evaluate "bundles/$1" --out "reports/screen/$1" --screen
+}
+
 certify() {  # certify NAME: randomized smoothing's CERTIFY on bundles/NAME into reports/NAME-certified, recorded in the bundle
   purifier certify "bundles/$1" --out "reports/$1-certified" --record
 }
@@ -61,6 +65,12 @@ declare -A STEPS=(
   [jatp-on-pgd-at]="compose bundles/fmnist-jatp-on-pgd-at --purifier bundles/fmnist-jatp --classifier bundles/fmnist-pgd-at"
   [jatp-static-on-pgd-at]="compose bundles/fmnist-jatp-static-on-pgd-at --purifier bundles/fmnist-jatp-static --classifier bundles/fmnist-pgd-at"
   [jatp-on-ijsat]="compose bundles/fmnist-jatp-on-ijsat --purifier bundles/fmnist-jatp --classifier bundles/fmnist-ijsat"
+  # plug-in purifiers for the frozen standard classifier, one change at a time (not run yet): multi-step PGD, a wider U-Net
+  # (472k parameters), the TRADES-style term, weight averaging with robust early stopping; each is screened, the best two get the protocol
+  [pretrained-wide]="train bundles/fmnist-pretrained-wide purifier --classifier bundles/fmnist-standard --widths 32,64,128 --transform mask --epochs 10 --precision bf16"
+  [atop-wide-pgd]="train bundles/fmnist-atop-wide-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
+  [atop-wide-trades]="train bundles/fmnist-atop-wide-trades atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --trades-beta 1 --epochs 5 --precision bf16"
+  [atop-wide-ema]="train bundles/fmnist-atop-wide-ema atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --trades-beta 1 --ema 0.999 --validate 1000 --epochs 5 --precision bf16"
   # randomized smoothing (not run yet): denoisers for the frozen standard classifier, and noise-trained classifiers as controls
   [denoiser-0.25]="train bundles/fmnist-denoiser-0.25 atop --classifier bundles/fmnist-standard --transform gaussian --noise-std 0.25 --attack none --targets classifier --pretrain-epochs 5 --epochs 5 --precision bf16"
   [denoiser-0.5]="train bundles/fmnist-denoiser-0.5 atop --classifier bundles/fmnist-standard --transform gaussian --noise-std 0.5 --attack none --targets classifier --pretrain-epochs 5 --epochs 5 --precision bf16"
@@ -78,6 +88,12 @@ STEPS[eval-jatp-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-static-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-on-ijsat]+=" --reuse-classifier reports/fmnist-ijsat"
+ORDER+=(pretrained-wide)
+for name in atop-rt1-pgd atop-wide-pgd atop-wide-trades atop-wide-ema; do
+  STEPS[screen-$name]="screen fmnist-$name"
+  [ "$name" = atop-rt1-pgd ] || ORDER+=("$name")  # atop-rt1-pgd is trained earlier in ORDER
+  ORDER+=("screen-$name")
+done
 for name in denoiser-0.25 denoiser-0.5 noise-0.25 noise-0.5; do
   STEPS[certify-$name]="certify fmnist-$name"
   ORDER+=("$name" "certify-$name")
