@@ -13,10 +13,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from cli.train import add_train_command
-from evaluation.attacks import JOINT_ETA
-from purifier.data import DATASETS
 from purifier.errors import PurifierError
+
+SERVER_STATE_FLAGS = ("--status", "--key", "--stop")  # answered without importing torch: health checks call them often
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -106,19 +105,26 @@ def _certify(args: argparse.Namespace) -> None:
     print(f"wrote {args.out / 'report.md'}, report.json and certified_accuracy.png" + (f"; recorded in {args.bundle / 'bundle.json'}" if args.record else ""))
 
 
+def _server_state(flag: str) -> None:
+    """``purifier serve --status | --key | --stop``."""
+    from serving import server_state
+
+    if flag == "--stop":
+        server_state.stop()
+    elif flag == "--key":
+        print(server_state.status().inference_key)
+    else:
+        server = server_state.status()
+        print(f"model '{server.model}' ready at {server.prediction_url()}")
+
+
 def _serve(args: argparse.Namespace) -> None:
+    flag = next((flag for flag in SERVER_STATE_FLAGS if getattr(args, flag[2:])), None)
+    if flag is not None:
+        _server_state(flag)
+        return
     from serving import torchserve
 
-    if args.stop:
-        torchserve.stop()
-        return
-    if args.key:
-        print(torchserve.status().inference_key)
-        return
-    if args.status:
-        server = torchserve.status()
-        print(f"model '{server.model}' ready at {server.prediction_url()}")
-        return
     batching = torchserve.Batching(args.batch_size, args.max_batch_delay)
     certify = {key: value for key, value in (("samples", args.certify_samples), ("selection", args.certify_selection),
                                              ("alpha", args.certify_alpha)) if value is not None}
@@ -140,6 +146,10 @@ def _purify(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cli.train import add_train_command
+    from evaluation.attacks import JOINT_ETA
+    from purifier.data import DATASETS
+
     parser = argparse.ArgumentParser(prog="purifier", description="Adversarial purification: train, export, serve, purify.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command_name", metavar="COMMAND", title="commands")
@@ -264,6 +274,16 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--version"] or (len(argv) == 2 and argv[0] == "serve" and argv[1] in SERVER_STATE_FLAGS):
+        try:
+            if argv == ["--version"]:
+                print(f"purifier {_version()}")
+            else:
+                _server_state(argv[1])
+        except PurifierError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        return
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command_name is None:  # no command: the list of commands, one line each

@@ -18,54 +18,24 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
-import requests
 import yaml
 
 from purifier.bundle import Bundle, load_bundle
 from purifier.errors import PurifierError
 from serving.metrics import metrics_config
+from serving.server_state import (
+    PURIFY_SUFFIX, SERVER_FILE, Server, bin_path, model_ready, pid_alive, read_keys, running_server, server_env, state_dir, stop,
+)
 from serving.torchserve_handler import LOAD_FAILED
 
 HANDLER = Path(__file__).with_name("torchserve_handler.py")
-EXAMPLE_IMAGE = Path(__file__).resolve().parent.parent / "examples" / "fashion-mnist" / "sneaker.png"
 TOKEN_EXPIRATION_MIN = 24 * 60
-SERVER_FILE = "server.json"
-PURIFY_SUFFIX = "-purify"
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-
-
-def state_dir() -> Path:
-    return Path(os.environ.get("PURIFIER_SERVE_DIR", Path.home() / ".cache" / "purifier" / "serve"))
-
-
-@dataclass(frozen=True)
-class Server:
-    """Addresses and credentials of a running server."""
-
-    model: str
-    models: tuple[str, ...]
-    inference_url: str
-    management_url: str
-    metrics_url: str
-    inference_key: str
-    management_key: str
-
-    def prediction_url(self, model: str | None = None) -> str:
-        return f"{self.inference_url}/predictions/{model or self.model}"
-
-    @property
-    def purify_model(self) -> str:
-        return self.model + PURIFY_SUFFIX
-
-    def curl_line(self, image: Path = EXAMPLE_IMAGE) -> str:
-        return f'curl -H "Authorization: Bearer {self.inference_key}" -T {image} {self.prediction_url()}'
 
 
 def _model_name(bundle: Bundle) -> str:
@@ -82,12 +52,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _bin(name: str) -> str:
-    """A console script of this environment (TorchServe must run on the same interpreter)."""
-    candidate = Path(sys.executable).with_name(name)
-    return str(candidate) if candidate.exists() else name
 
 
 @dataclass(frozen=True)
@@ -125,7 +89,7 @@ def build_archive(
         "handler": {"seed": seed, "mode": mode, "runtime": runtime, "certify": certify or {}},
     }))
     command = [
-        _bin("torch-model-archiver"), "--model-name", name, "--version", "1.0", "--handler", str(handler),
+        bin_path("torch-model-archiver"), "--model-name", name, "--version", "1.0", "--handler", str(handler),
         "--extra-files", str(staged), "--config-file", str(model_config), "--export-path", str(store), "--force",
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TMPDIR=str(scratch)))
@@ -161,14 +125,6 @@ def write_config(directory: Path, store: Path, port: int, host: str = "127.0.0.1
     return config
 
 
-def _keys(directory: Path) -> tuple[str, str] | None:
-    try:
-        keys = json.loads((directory / "key_file.json").read_text())
-        return keys["inference"]["key"], keys["management"]["key"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 def _load_failure(log_dir: Path) -> str | None:
     """The reason the handler logged (tagged LOAD_FAILED) if the model failed to load."""
     log = log_dir / "model_log.log"
@@ -178,36 +134,6 @@ def _load_failure(log_dir: Path) -> str | None:
         if LOAD_FAILED in line:
             return line.split(LOAD_FAILED, 1)[1].strip()
     return None
-
-
-def _model_ready(server: Server) -> bool:
-    """Whether every served model (classify and purify-only) has a READY worker."""
-    for model in server.models:
-        try:
-            response = requests.get(f"{server.management_url}/models/{model}", headers={"Authorization": f"Bearer {server.management_key}"}, timeout=5)
-        except requests.RequestException:
-            return False
-        if response.status_code != 200:
-            return False
-        workers = [w for entry in response.json() for w in entry.get("workers", [])]
-        if not any(worker.get("status") == "READY" for worker in workers):
-            return False
-    return True
-
-
-def _pid_alive() -> bool:
-    """Whether TorchServe's global pid file names a live TorchServe frontend."""
-    pid_file = Path(tempfile.gettempdir()) / ".model_server.pid"
-    try:
-        return "org.pytorch.serve.ModelServer" in psutil.Process(int(pid_file.read_text().split()[0])).cmdline()
-    except (OSError, ValueError, IndexError, psutil.Error):
-        return False
-
-
-def _env(directory: Path) -> dict[str, str]:
-    env = dict(os.environ, LOG_LOCATION=str(directory / "logs"), METRICS_LOCATION=str(directory / "logs"))
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 def serve(
@@ -232,9 +158,9 @@ def serve(
         bundle = export_bundle(bundle.path)
     if shutil.which("java") is None:
         raise PurifierError("TorchServe needs Java 17: install it (apt-get install openjdk-17-jre-headless) and retry")
-    if _pid_alive():
-        server = _running_server()
-        if server is None or server.model != bundle.name or not server.inference_url.endswith(f":{port}") or not _model_ready(server):
+    if pid_alive():
+        server = running_server()
+        if server is None or server.model != bundle.name or not server.inference_url.endswith(f":{port}") or not model_ready(server):
             raise PurifierError("another TorchServe is already running on this machine; stop it first with 'purifier serve --stop'")
         print("already running:")
         _announce(server, bundle)
@@ -251,13 +177,13 @@ def serve(
     store = archives[0].parent
     config = write_config(directory, store, port, host)
     command = [
-        _bin("torchserve"), "--start", "--ncs", "--ts-config", str(config), "--model-store", str(store),
+        bin_path("torchserve"), "--start", "--ncs", "--ts-config", str(config), "--model-store", str(store),
         "--models", *(f"{archive.stem}={archive.name}" for archive in archives),
     ]
     if foreground:
         command.append("--foreground")
     with open(directory / "logs" / "torchserve.out", "w") as output:
-        process = subprocess.Popen(command, cwd=directory, env=_env(directory), stdout=output, stderr=subprocess.STDOUT, start_new_session=not foreground)
+        process = subprocess.Popen(command, cwd=directory, env=server_env(directory), stdout=output, stderr=subprocess.STDOUT, start_new_session=not foreground)
     server = _wait_until_ready(bundle, tuple(archive.stem for archive in archives), directory, port, timeout_s, process if foreground else None)
     (directory / SERVER_FILE).write_text(json.dumps(asdict(server)))
     _announce(server, bundle)
@@ -281,13 +207,13 @@ def _wait_until_ready(bundle: Bundle, models: tuple[str, ...], directory: Path, 
     deadline = time.monotonic() + timeout_s
     server = None
     while time.monotonic() < deadline:
-        keys = _keys(directory)
+        keys = read_keys(directory)
         if keys and server is None:
             server = Server(
                 _model_name(bundle), models, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}",
                 f"http://127.0.0.1:{port + 2}", *keys,
             )
-        if server is not None and _model_ready(server):
+        if server is not None and model_ready(server):
             return server
         failure = _load_failure(directory / "logs")
         if failure is not None or (foreground is not None and foreground.poll() is not None):
@@ -298,30 +224,3 @@ def _wait_until_ready(bundle: Bundle, models: tuple[str, ...], directory: Path, 
     raise PurifierError(f"model '{bundle.name}' did not become ready within {timeout_s:.0f}s; see {directory / 'logs'} (raise --timeout on a slow machine)")
 
 
-def _running_server() -> Server | None:
-    """The server recorded in the state directory by the last successful start, if any."""
-    try:
-        return Server(**json.loads((state_dir() / SERVER_FILE).read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def status() -> Server:
-    """The running server if its model has a READY worker; PurifierError otherwise."""
-    server = _running_server()
-    if server is None or not _pid_alive():
-        raise PurifierError("not running: no purifier server is running on this machine; start one with 'purifier serve'")
-    if not _model_ready(server):
-        raise PurifierError(f"model '{server.model}' is not ready at {server.management_url}; see {state_dir() / 'logs'}")
-    return server
-
-
-def stop() -> None:
-    """Stop the TorchServe of this machine (there is only one: TorchServe keeps a global pid file)."""
-    result = subprocess.run([_bin("torchserve"), "--stop"], capture_output=True, text=True, env=_env(state_dir()))
-    deadline = time.monotonic() + 30
-    while _pid_alive() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if not _pid_alive():
-        (state_dir() / SERVER_FILE).unlink(missing_ok=True)
-    print(result.stdout.strip() or result.stderr.strip())

@@ -162,3 +162,12 @@ def test_a_bundle_trained_on_a_folder_is_evaluated_where_it_was_trained(workdir,
     failed = _run("purifier evaluate bundles/my-model --out reports/again --quick", "bash", tmp_path, tmp_path / "state")
     assert failed.returncode == 2 and "--data-dir" in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "reports" / "again").exists()
+
+
+def test_status_key_and_version_answer_without_importing_torch():
+    """What a container's health check runs every 30 s must not load torch (1.6 s and 290 MB each time)."""
+    probe = ("import sys\nfrom cli.main import main\nfor argv in (['serve', '--status'], ['serve', '--key'], ['--version']):\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\nprint('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PURIFIER_SERVE_DIR": "/nonexistent-purifier-state"})
+    assert result.stdout.strip().splitlines()[-1] == "False", result.stdout + result.stderr
