@@ -124,13 +124,6 @@ def test_a_request_without_a_valid_key_is_told_so(server):
         assert response.status_code == 400 and "Token Authorization failed" in response.json()["message"]  # TorchServe's status, as the README says
 
 
-@needs_java
-def test_status_says_not_running_after_stop(workdir, tmp_path):
-    state = tmp_path / "never-started"
-    result = _run("purifier serve --status", "bash", workdir, state)
-    assert result.returncode == 2 and "not running" in result.stderr
-
-
 def test_purifier_alone_lists_the_commands_and_version_prints(workdir, tmp_path):
     alone = _run("purifier", "bash", workdir, tmp_path)
     assert alone.returncode == 2 and "command_name" not in alone.stderr
@@ -171,3 +164,12 @@ def test_status_key_and_version_answer_without_importing_torch():
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PURIFIER_SERVE_DIR": "/nonexistent-purifier-state"})
     assert result.stdout.strip().splitlines()[-1] == "False", result.stdout + result.stderr
+
+
+@needs_java
+def test_status_says_not_running_after_stop(server, workdir):
+    """Last in this module: it stops the README's server (the fixture's own stop then finds nothing to stop)."""
+    assert _run("purifier serve --status", "bash", workdir, server["state"]).returncode == 0
+    assert _run("purifier serve --stop", "bash", workdir, server["state"]).returncode == 0
+    result = _run("purifier serve --status", "bash", workdir, server["state"])
+    assert result.returncode == 2 and "not running" in result.stderr, result.stderr
