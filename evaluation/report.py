@@ -288,9 +288,10 @@ def _plot_eps(evaluation: Evaluation, robust: dict, baselines: list[dict], path:
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower left")
     config = evaluation.config
-    figure.text(0.5, 0.01, f"Filled points: clean (ε = 0) and the headline radius (PGD-{config.steps} × EOT-{config.eot}, AutoAttack, BPDA, ...); "
-                f"hollow points: lighter attack (PGD-{config.curve_steps} × EOT-{config.curve_eot}). {len(evaluation.labels)} images.",
-                ha="center", fontsize=7)
+    headline_attacks = ", ".join(dict.fromkeys(attack_title(u.attack) for u in evaluation.units if u.norm == "linf" and u.eps == HEADLINE["linf"]))
+    figure.text(0.5, 0.01, f"Filled points: clean (ε = 0) and the headline radius ({headline_attacks}; PGD-{config.steps} × EOT-{config.eot}); "
+                f"hollow points: lighter attack (PGD-{config.curve_steps} × EOT-{config.curve_eot}). {len(evaluation.labels)} images; "
+                "baselines as in their own reports.", ha="center", fontsize=7)
     figure.tight_layout(rect=(0, 0.04, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
