@@ -81,7 +81,7 @@ def test_sealed_graph_draws_the_transform_with_the_right_statistics(exported, tm
             return transform.sample_like(image)
 
     path = tmp_path / "sampler.onnx"
-    torch.onnx.export(Sampler(), (torch.rand(2, 1, 28, 28),), str(path), input_names=["image"], output_names=["mask", "noise"],
+    torch.onnx.export(Sampler().eval(), (torch.rand(2, 1, 28, 28),), str(path), input_names=["image"], output_names=["mask", "noise"],
                       dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, opset_version=18, dynamo=True, external_data=False)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     image = np.zeros((2000, 1, 28, 28), dtype=np.float32)
