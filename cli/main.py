@@ -74,7 +74,9 @@ def _evaluate(args: argparse.Namespace) -> None:
           + ", ".join(f"{threat.replace('linf_', 'L∞ ').replace('l2_', 'L2 ').replace('_', ' ')} {head[threat + '_worst_of_n']:.2%}" for threat in threats)
           + f", corruptions {head['corruption_mean']:.2%}" + ("" if report["protocol"]["conformant"] else "  [not protocol-conformant]"))
     if head["gradient_masking"] and head["gradient_masking"]["flagged"]:
-        print(f"possible gradient masking: gradient-free attacks broke images the gradient attacks left standing ({head['gradient_masking']['single']}); see report.md")
+        masking = head["gradient_masking"]
+        print(f"possible gradient masking: gradient-free attacks broke images the gradient attacks left standing (judged on one draw: "
+              f"{masking['single']}; on every draw: {masking['worst_of_n']}); see report.md")
     print(f"wrote {args.out / 'report.md'}, report.json and plots" + (f"; recorded in {args.bundle / 'bundle.json'}" if args.record else ""))
 
 
