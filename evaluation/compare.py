@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from evaluation.stats import PairedTest, mcnemar
+from evaluation.stats import PairedTest, format_p, mcnemar
 from purifier.errors import PurifierError
 
 
@@ -52,7 +52,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for threat, judged, first, second, test in compare(args.a, args.b):
         label = "one draw" if judged == "single" else "worst of N"
-        print(f"| {threat} | {label} | {first:.2%} | {second:.2%} | {test.only_a} | {test.only_b} | {test.p_value:.3g} |")
+        print(f"| {threat} | {label} | {first:.2%} | {second:.2%} | {test.only_a} | {test.only_b} | {format_p(test.p_value)} |")
 
 
 if __name__ == "__main__":

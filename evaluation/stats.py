@@ -48,7 +48,12 @@ class PairedTest:
     def describe(self, a: str = "A", b: str = "B") -> str:
         verdict = "significant" if self.p_value < 0.05 else "not significant"
         return (f"{self.only_a} images right only under {a}, {self.only_b} only under {b} "
-                f"(of {self.images}; exact McNemar p = {self.p_value:.3g}, {verdict} at 5%)")
+                f"(of {self.images}; exact McNemar p = {format_p(self.p_value)}, {verdict} at 5%)")
+
+
+def format_p(value: float) -> str:
+    """A p-value for a table: '< 1e-300' where the exact tail underflows a float."""
+    return "< 1e-300" if value == 0 else f"{value:.3g}"
 
 
 def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> PairedTest:
