@@ -5,7 +5,7 @@
 # Set-up is idempotent: Debian packages (Java 17, Fashion-MNIST) only when missing, the
 # virtual environment .venv only when pyproject.toml changed since the last install.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd -P "$(dirname "$0")/.."  # physical path: a linked checkout must not write its path into .venv
 
 job="${1:-}"
 case "$job" in serve|test) shift ;; *) echo "usage: scripts/bootstrap.sh serve|test [ARGS...]" >&2; exit 2 ;; esac
