@@ -4,8 +4,7 @@
 #   docker run --rm -p 127.0.0.1:8080:8080 purifier             # GPU: docker run --gpus all ... purifier:gpu
 # Inside the container the inference port listens on 0.0.0.0 (the container's own network
 # namespace); publish it on the host's loopback as above. Management stays on 127.0.0.1.
-# The inference token is in /home/purifier/serve/key_file.json:
-#   docker exec CONTAINER python -c "import json;print(json.load(open('/home/purifier/serve/key_file.json'))['inference']['key'])"
+# The inference key (renewed before it expires): docker exec CONTAINER purifier serve --key
 ARG VARIANT=cpu
 
 FROM python:3.11-slim-bookworm AS base

@@ -114,7 +114,7 @@ def _server_state(flag: str) -> None:
     if flag == "--stop":
         server_state.stop()
     elif flag == "--key":
-        print(server_state.status().inference_key)
+        print(server_state.inference_key())
     else:
         server = server_state.status()
         print(f"model '{server.model}' ready at {server.prediction_url()}")
@@ -130,8 +130,9 @@ def _serve(args: argparse.Namespace) -> None:
     batching = torchserve.Batching(args.batch_size, args.max_batch_delay)
     certify = {key: value for key, value in (("samples", args.certify_samples), ("selection", args.certify_selection),
                                              ("alpha", args.certify_alpha)) if value is not None}
+    access = torchserve.Access(args.token_expiration_min, token_auth=not args.no_token_auth)
     torchserve.serve(args.bundle, port=args.port, foreground=args.foreground, timeout_s=args.timeout, host=args.host, seed=args.seed, batching=batching,
-                     runtime=args.runtime, certify=certify)
+                     runtime=args.runtime, certify=certify, access=access)
 
 
 def _purify(args: argparse.Namespace) -> None:
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.train import add_train_command
     from evaluation.attacks import JOINT_ETA
     from purifier.data import DATASETS
+    from serving.server_state import TOKEN_EXPIRATION_MIN
 
     parser = argparse.ArgumentParser(prog="purifier", description="Adversarial purification: train, export, serve, purify.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -242,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "per 28×28 image on 2 cores)")
     serve.add_argument("--certify-selection", type=int, help="certify=true requests: selection draws n0 per image (default 32)")
     serve.add_argument("--certify-alpha", type=float, help="certify=true requests: failure probability of a certificate (default 0.001)")
+    serve.add_argument("--token-expiration-min", type=int, default=TOKEN_EXPIRATION_MIN, metavar="N",
+                       help="lifetime of the inference and management keys in minutes (default 1440); the server renews each "
+                            "before it expires and rewrites the key file atomically")
+    serve.add_argument("--no-token-auth", action="store_true",
+                       help="serve without keys, only behind a gateway that authenticates every request (logged as a warning)")
     serve.add_argument("--stop", action="store_true", help="stop the running server")
     serve.add_argument("--status", action="store_true", help="exit 0 if the served model is loaded and ready, else 2 ('not running' when none is)")
     serve.add_argument("--key", action="store_true", help="print the running server's inference key (for the Authorization: Bearer header)")

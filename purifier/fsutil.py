@@ -32,8 +32,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``.
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True, mode: int | None = None) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``
+    (with permissions ``mode``, default what the umask allows).
 
     ``durable=False`` skips the fsync: still never a partial file after a killed process, but
     for power loss the caller must sync before recording the file as done (the batch job syncs
@@ -47,15 +48,15 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
             stream.flush()
             if durable:
                 os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, 0o666 & ~_umask() if mode is None else mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_json(path: Path, value: object) -> None:
-    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
+def atomic_write_json(path: Path, value: object, mode: int | None = None) -> None:
+    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode(), mode=mode)
 
 
 def staging_dir(final: Path) -> Path:

@@ -2,7 +2,7 @@
 # One entry point for a fresh Debian machine with Python 3.11:
 #   scripts/bootstrap.sh serve [BUNDLE] [--port N]   set up, then serve the bundle (default model)
 #   scripts/bootstrap.sh test [PYTEST ARGS]          set up, then run the test suite
-# Set-up is idempotent: Debian packages (Java 17, Fashion-MNIST) only when missing, the
+# Set-up is idempotent: Debian packages (Java 17, Fashion-MNIST; for tests promtool) only when missing, the
 # virtual environment .venv only when pyproject.toml changed since the last install.
 set -euo pipefail
 cd -P "$(dirname "$0")/.."  # physical path: a linked checkout must not write its path into .venv
@@ -13,6 +13,7 @@ case "$job" in serve|test) shift ;; *) echo "usage: scripts/bootstrap.sh serve|t
 apt_packages=()
 command -v java >/dev/null 2>&1 || apt_packages+=(openjdk-17-jre-headless)
 [ -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || apt_packages+=(dataset-fashion-mnist)
+[ "$job" = test ] && ! command -v promtool >/dev/null 2>&1 && apt_packages+=(prometheus)  # promtool checks the alert rules
 if [ ${#apt_packages[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "installing Debian packages: ${apt_packages[*]}" >&2

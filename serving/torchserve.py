@@ -2,8 +2,11 @@
 
 ``serve()`` exports the bundle to ONNX if needed, archives it with the handler twice (model
 NAME classifies, model NAME-purify only purifies), writes a config.properties and the metrics
-config, starts TorchServe and waits until both models' workers are READY. Requests are batched
-dynamically (``batch_size`` images at most, waiting up to ``max_batch_delay_ms``).
+config, starts TorchServe, waits until both models' workers are READY, publishes the keys and
+starts serving.sidecar (key renewal, the Prometheus endpoint). Requests are batched
+dynamically (``batch_size`` images at most, waiting up to ``max_batch_delay_ms``). Ports: PORT
+inference, PORT+1 management (loopback), PORT+2 metrics (the sidecar), PORT+3 TorchServe's own
+metrics (loopback, merged into PORT+2).
 A model that fails to load stops the server and raises PurifierError with the log's reason:
 a server is never left answering 503. State (model store, config, logs, key file) lives in
 $PURIFIER_SERVE_DIR, default ~/.cache/purifier/serve.
@@ -19,21 +22,33 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import requests
 import yaml
 
 from purifier.bundle import Bundle, load_bundle
 from purifier.errors import PurifierError
-from serving.metrics import metrics_config
 from serving.server_state import (
-    PURIFY_SUFFIX, SERVER_FILE, Server, bin_path, model_ready, pid_alive, read_keys, running_server, server_env, state_dir, stop,
+    PURIFY_SUFFIX,
+    SERVER_FILE,
+    TOKEN_EXPIRATION_MIN,
+    Server,
+    bin_path,
+    model_ready,
+    pid_alive,
+    publish_keys,
+    read_torchserve_keys,
+    running_server,
+    server_env,
+    state_dir,
+    stop,
+    stop_sidecar,
 )
 from serving.torchserve_handler import LOAD_FAILED
 
 HANDLER = Path(__file__).with_name("torchserve_handler.py")
-TOKEN_EXPIRATION_MIN = 24 * 60
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
@@ -99,19 +114,28 @@ def build_archive(
     return store / f"{name}.mar"
 
 
-def write_config(directory: Path, store: Path, port: int, host: str = "127.0.0.1") -> Path:
-    """TorchServe settings: inference and metrics on ``host``, management always on loopback,
-    token auth (TorchServe's default), model-management API off, archives only from the local
-    store, request and response sizes capped, our metrics declared."""
+@dataclass(frozen=True)
+class Access:
+    """Token authorisation: keys live ``token_expiration_min`` minutes (renewed before they expire); ``token_auth``
+    False only behind a gateway that authenticates every request."""
+
+    token_expiration_min: int = TOKEN_EXPIRATION_MIN
+    token_auth: bool = True
+
+
+def write_config(directory: Path, store: Path, port: int, host: str = "127.0.0.1", access: Access = Access()) -> Path:
+    """TorchServe settings: inference on ``host``, management and TorchServe's own metrics on loopback
+    (the sidecar serves metrics on ``host``), token auth (TorchServe's default), model-management API
+    off, archives only from the local store, request and response sizes capped."""
     config = directory / "config.properties"
-    metrics = metrics_config(directory / "metrics.yaml")
     config.write_text("\n".join([
         f"inference_address=http://{host}:{port}",
         f"management_address=http://127.0.0.1:{port + 1}",
-        f"metrics_address=http://{host}:{port + 2}",
+        f"metrics_address=http://127.0.0.1:{port + 3}",
         "metrics_mode=prometheus",
         f"model_store={store}",
-        f"token_expiration_min={TOKEN_EXPIRATION_MIN}",
+        f"token_expiration_min={access.token_expiration_min}",
+        f"disable_token_authorization={str(not access.token_auth).lower()}",
         "install_py_dep_per_model=false",
         "enable_model_api=false",
         "disable_system_metrics=true",
@@ -119,7 +143,6 @@ def write_config(directory: Path, store: Path, port: int, host: str = "127.0.0.1
         f"allowed_urls=file://{store}/.*",
         f"max_request_size={MAX_REQUEST_BYTES}",
         f"max_response_size={MAX_RESPONSE_BYTES}",
-        f"metrics_config={metrics}",
         "",
     ]))
     return config
@@ -139,13 +162,15 @@ def _load_failure(log_dir: Path) -> str | None:
 def serve(
     bundle_path: Path | None = None, port: int = 8080, foreground: bool = False, timeout_s: float = 180.0,
     host: str = "127.0.0.1", seed: int | None = None, batching: Batching = Batching(), handler: Path = HANDLER, runtime: str = "onnxruntime",
-    certify: dict | None = None,
+    certify: dict | None = None, access: Access = Access(),
 ) -> Server:
     """Start TorchServe with the bundle and return once its models answer; raise if they cannot load.
 
     ``host`` is 127.0.0.1 except inside a container, whose own network namespace is the boundary.
     Another ``handler`` (benchmarks compare with a plain one) serves the classify model alone.
     """
+    if access.token_expiration_min < 1:
+        raise PurifierError(f"--token-expiration-min must be at least 1, got {access.token_expiration_min}")
     from serving.runtime import RUNTIMES  # imports torch: only when starting a server
 
     if runtime not in RUNTIMES:
@@ -165,17 +190,21 @@ def serve(
         print("already running:")
         _announce(server, bundle)
         return server
-    busy = [p for p in (port, port + 1, port + 2) if not _port_free(p)]
+    busy = [p for p in range(port, port + 4) if not _port_free(p)]
     if busy:
-        raise PurifierError(f"port(s) {', '.join(map(str, busy))} on 127.0.0.1 are in use; pass --port with three free consecutive ports")
+        raise PurifierError(f"port(s) {', '.join(map(str, busy))} on 127.0.0.1 are in use; pass --port with four free consecutive ports")
+    if not access.token_auth:
+        print("warning: token authorisation is off (--no-token-auth): anyone who reaches the inference port can use it; run it only "
+              "behind a gateway that authenticates every request", file=sys.stderr)
     directory = state_dir()
     if directory.exists():
         shutil.rmtree(directory)  # state of a server that is no longer running
     (directory / "logs").mkdir(parents=True)
+    (directory / "prometheus").mkdir()
     modes = ("classify", "purify") if handler == HANDLER else ("classify",)
     archives = [build_archive(bundle, directory, seed, mode, batching, handler, runtime, certify) for mode in modes]
     store = archives[0].parent
-    config = write_config(directory, store, port, host)
+    config = write_config(directory, store, port, host, access)
     command = [
         bin_path("torchserve"), "--start", "--ncs", "--ts-config", str(config), "--model-store", str(store),
         "--models", *(f"{archive.stem}={archive.name}" for archive in archives),
@@ -184,7 +213,9 @@ def serve(
         command.append("--foreground")
     with open(directory / "logs" / "torchserve.out", "w") as output:
         process = subprocess.Popen(command, cwd=directory, env=server_env(directory), stdout=output, stderr=subprocess.STDOUT, start_new_session=not foreground)
-    server = _wait_until_ready(bundle, tuple(archive.stem for archive in archives), directory, port, timeout_s, process if foreground else None)
+    server = _wait_until_ready(bundle, tuple(archive.stem for archive in archives), directory, port, timeout_s, process if foreground else None,
+                               access.token_auth)
+    server = replace(server, sidecar_pid=_start_sidecar(server, directory, host, port, access))
     (directory / SERVER_FILE).write_text(json.dumps(asdict(server)))
     _announce(server, bundle)
     if foreground:
@@ -203,17 +234,40 @@ def _announce(server: Server, bundle: Bundle) -> None:
     print("  stop with:   purifier serve --stop", flush=True)
 
 
-def _wait_until_ready(bundle: Bundle, models: tuple[str, ...], directory: Path, port: int, timeout_s: float, foreground: subprocess.Popen | None) -> Server:
+def _start_sidecar(server: Server, directory: Path, host: str, port: int, access: Access) -> int:
+    """Start serving.sidecar detached (it outlives this command and exits with TorchServe); its pid."""
+    command = [
+        sys.executable, "-m", "serving.sidecar", str(directory), "--metrics-host", host, "--metrics-port", str(port + 2),
+        "--torchserve-metrics", f"http://127.0.0.1:{port + 3}", "--management", server.management_url, "--models", ",".join(server.models),
+        "--key-lifetime-min", str(access.token_expiration_min), *([] if access.token_auth else ["--no-token-auth"]),
+    ]
+    with open(directory / "logs" / "sidecar.log", "a") as log:
+        sidecar = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, env=server_env(directory), stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and sidecar.poll() is None:
+        try:
+            if requests.get(f"http://127.0.0.1:{port + 2}/metrics", timeout=2).status_code == 200:
+                return sidecar.pid
+        except requests.RequestException:
+            time.sleep(0.1)
+    stop_sidecar(sidecar.pid)
+    stop()
+    raise PurifierError(f"the metrics sidecar did not start; see {directory / 'logs' / 'sidecar.log'}")
+
+
+def _wait_until_ready(bundle: Bundle, models: tuple[str, ...], directory: Path, port: int, timeout_s: float, foreground: subprocess.Popen | None,
+                      token_auth: bool) -> Server:
     deadline = time.monotonic() + timeout_s
-    server = None
+    server = Server(_model_name(bundle), models, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}", f"http://127.0.0.1:{port + 2}",
+                    token_auth)
+    published = not token_auth
     while time.monotonic() < deadline:
-        keys = read_keys(directory)
-        if keys and server is None:
-            server = Server(
-                _model_name(bundle), models, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}",
-                f"http://127.0.0.1:{port + 2}", *keys,
-            )
-        if server is not None and model_ready(server):
+        keys = None if published else read_torchserve_keys(directory)
+        if keys is not None:
+            publish_keys(directory, keys)
+            published = True
+        if published and model_ready(server, directory):
             return server
         failure = _load_failure(directory / "logs")
         if failure is not None or (foreground is not None and foreground.poll() is not None):

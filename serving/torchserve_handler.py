@@ -18,7 +18,12 @@ import numpy as np
 
 from purifier.errors import BadInputError
 from serving.metrics import ServingMetrics
-from serving.protocols import error_body, format_purified, format_response, parse_request
+from serving.protocols import (
+    error_body,
+    format_purified,
+    format_response,
+    parse_request,
+)
 from serving.service import CertifySettings, PurificationService
 
 LOAD_FAILED = "PURIFIER_MODEL_LOAD_FAILED"
@@ -36,7 +41,7 @@ class PurifierHandler:
                                                            seed=settings.get("seed"))
             self.model_name = context.model_name
             self.certify = CertifySettings(**(settings.get("certify") or {}))
-            self.metrics = ServingMetrics(context.metrics, context.model_name)
+            self.metrics = ServingMetrics(context.model_name)
             self.metrics.model_info(self.service.bundle, self.mode)
         except Exception as error:
             logging.getLogger(__name__).error("%s %s: %s", LOAD_FAILED, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
@@ -55,19 +60,19 @@ class PurifierHandler:
                 context.set_response_status(400, "Bad Request", idx=position)
                 responses[position] = error_body(error)
                 self.metrics.rejected(error.reason)
-        self.metrics.stage("decode", (time.perf_counter() - began) * 1000)
+        self.metrics.stage("decode", time.perf_counter() - began)
         if parsed:
             images = np.concatenate([request.images for _, request in parsed])
             if self.mode == "purify":
                 started = time.perf_counter()
                 purified = self.service.purify(images)
-                self.metrics.stage("purify", (time.perf_counter() - started) * 1000)
+                self.metrics.stage("purify", time.perf_counter() - started)
                 self.metrics.batch(len(images), 0)
             else:
                 outcome = self.service.run(images)
                 purified = outcome.purified
-                self.metrics.stage("purify", outcome.purify_ms)
-                self.metrics.stage("classify", outcome.classify_ms)
+                self.metrics.stage("purify", outcome.purify_ms / 1000)
+                self.metrics.stage("classify", outcome.classify_ms / 1000)
                 self.metrics.batch(len(images), sum(p.purification_changed_prediction for p in outcome.predictions))
             offset = 0
             for position, request in parsed:
@@ -85,6 +90,7 @@ class PurifierHandler:
                     continue
                 responses[position] = format_response(request, outcome.predictions[span], purified[span], self.model_name,
                                                       self.service.bundle.class_names, certificates)
+        self.metrics.requests(len(data), time.perf_counter() - began)
         return responses
 
     def _certificates(self, request) -> list | None:
@@ -93,6 +99,6 @@ class PurifierHandler:
             return None
         started = time.perf_counter()
         certificates = self.service.certify(request.images, self.certify)
-        self.metrics.stage("certify", (time.perf_counter() - started) * 1000)
+        self.metrics.stage("certify", time.perf_counter() - started)
         self.metrics.certified(certificates)
         return certificates

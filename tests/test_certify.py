@@ -105,12 +105,13 @@ def test_the_server_answers_certify_true_with_a_certified_radius(denoiser, tmp_p
     import requests
 
     from purifier.images import encode_png
+    from serving.server_state import read_keys
     from tests.serving_helpers import PORT, serve
 
     started = serve([str(denoiser.path), "--seed", "0"], tmp_path)
     try:
         assert started.returncode == 0, started.stderr + started.stdout
-        key = json.loads((tmp_path / "serve" / "key_file.json").read_text())["inference"]["key"]
+        key = read_keys(tmp_path / "serve").inference
         url = f"http://127.0.0.1:{PORT}/predictions/{denoiser.name}"
         answers = [requests.put(url, data=encode_png(image), headers={"Authorization": f"Bearer {key}", "X-Certify": "true"}, timeout=60).json()
                    for image in fmnist_test.images[:6]]
@@ -121,7 +122,7 @@ def test_the_server_answers_certify_true_with_a_certified_radius(denoiser, tmp_p
         plain = requests.put(url, data=encode_png(fmnist_test.images[0]), headers={"Authorization": f"Bearer {key}"}, timeout=60).json()
         assert "certified_radius" not in plain
         metrics = requests.get(f"http://127.0.0.1:{PORT + 2}/metrics", timeout=30).text
-        assert "PurifierCertified" in metrics
+        assert f'purifier_certified_total{{model="{denoiser.name}"}} 6.0' in metrics
     finally:
         serve(["--stop"], tmp_path)
 

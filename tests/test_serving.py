@@ -13,17 +13,21 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 import pytest
 import requests
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
 from purifier.images import encode_png
 from serving.metrics import bundle_sha256
+from serving.server_state import read_keys
 from serving.service import PurificationService
 from tests.serving_helpers import PORT, needs_java
 from tests.serving_helpers import serve as _serve
@@ -42,11 +46,11 @@ def server(tmp_path_factory, fmnist_test):
     started = _serve(["--seed", "0"], state)
     try:
         assert started.returncode == 0, started.stderr + started.stdout
-        keys = json.loads((state / "serve" / "key_file.json").read_text())
+        keys = read_keys(state / "serve")
         url = f"http://127.0.0.1:{PORT}/predictions/fmnist-default"
-        headers = {"Authorization": f"Bearer {keys['inference']['key']}"}
+        headers = {"Authorization": f"Bearer {keys.inference}"}
         first = [requests.post(url, data=encode_png(image), headers=headers, timeout=30) for image in fmnist_test.images[:FIRST]]
-        yield {"url": url, "key": keys["inference"]["key"], "stdout": started.stdout, "state": state, "first": first, "headers": headers}
+        yield {"url": url, "key": keys.inference, "stdout": started.stdout, "state": state, "first": first, "headers": headers}
     finally:
         _serve(["--stop"], state)
 
@@ -80,7 +84,8 @@ def test_status_and_second_start_report_the_running_model(server):
 
 def test_printed_curl_line_works(server):
     line = next(l.split("try:", 1)[1].strip() for l in server["stdout"].splitlines() if "try:" in l)
-    result = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=30)
+    env = {**os.environ, "PURIFIER_SERVE_DIR": str(server["state"] / "serve"), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=30, env=env)
     assert json.loads(result.stdout)["label"] in DEFAULT_CLASSES
 
 
@@ -141,12 +146,21 @@ def test_bad_items_in_a_batch_do_not_spoil_the_good_ones(server, fmnist_test):
 
 
 def test_prometheus_metrics_are_scraped(server):
-    text = requests.get(f"http://127.0.0.1:{PORT + 2}/metrics", timeout=30).text
-    for name in ("PurifierStageLatency", "PurifierBatchSize", "PurifierImages", "PurifierRejectedInputs", "PurifierModelInfo"):
-        assert name in text, f"{name} missing from /metrics"
-    assert 'Stage="purify"' in text and 'Stage="classify"' in text and 'Reason="not_an_image"' in text
+    """One endpoint: the workers' metrics by Prometheus conventions, readiness, key expiry and TorchServe's own."""
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(
+        requests.get(f"http://127.0.0.1:{PORT + 2}/metrics", timeout=30).text) for s in family.samples}
+    model = (("model", "fmnist-default"),)
+    images = samples[("purifier_images_total", model)]
+    assert images >= FIRST and samples[("purifier_batch_size_sum", model)] == images
+    for stage in ("decode", "purify", "classify"):
+        assert samples[("purifier_stage_duration_seconds_count", (("model", "fmnist-default"), ("stage", stage)))] > 0
+    assert samples[("purifier_request_duration_seconds_count", model)] >= FIRST
+    assert samples[("purifier_rejected_inputs_total", (("model", "fmnist-default"), ("reason", "not_an_image")))] >= 1
+    assert samples[("purifier_model_ready", model)] == 1 and samples[("purifier_model_ready", (("model", "fmnist-default-purify"),))] == 1
+    assert samples[("purifier_key_expiry_timestamp_seconds", (("key", "inference"),))] > time.time()
     sha = bundle_sha256(load_bundle(DEFAULT_BUNDLE))
-    assert f'BundleSha256="{sha}"' in text
+    assert samples[("purifier_model_info", (("bundle", "fmnist-default"), ("bundle_sha256", sha), ("mode", "classify")) + model)] == 1
+    assert any(name.startswith("ts_inference_requests") for name, _ in samples)
 
 
 def _blank_png(width: int, height: int) -> bytes:
@@ -156,7 +170,7 @@ def _blank_png(width: int, height: int) -> bytes:
 
 
 def _worker_pid(server, model: str = "fmnist-default") -> int:
-    management = json.loads((server["state"] / "serve" / "key_file.json").read_text())["management"]["key"]
+    management = read_keys(server["state"] / "serve").management
     response = requests.get(f"http://127.0.0.1:{PORT + 1}/models/{model}", headers={"Authorization": f"Bearer {management}"}, timeout=10)
     return int(response.json()[0]["workers"][0]["pid"])
 
