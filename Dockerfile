@@ -12,7 +12,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Debian's security updates move the JRE's version; pinning it would break rebuilds.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 10001 purifier
 WORKDIR /app
@@ -21,28 +21,32 @@ COPY purifier ./purifier
 COPY training ./training
 COPY export ./export
 COPY serving ./serving
+COPY evaluation ./evaluation
 COPY cli ./cli
-COPY bundles/fmnist-default ./bundles/fmnist-default
-COPY examples ./examples
 
 # CPU: torch from PyTorch's CPU index (PyPI's Linux wheel bundles CUDA, gigabytes).
 FROM base AS cpu
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
- && pip install --no-cache-dir -e . \
- && chown -R purifier /app
+ && pip install --no-cache-dir . \
+ && rm -rf /app/*
 ENV PURIFIER_RUNTIME=onnxruntime
 
 # GPU: PyPI's CUDA build of torch, and onnxruntime-gpu in place of onnxruntime.
 FROM base AS gpu
-RUN pip install --no-cache-dir -e . \
+RUN pip install --no-cache-dir . \
  && pip uninstall -y onnxruntime \
  && pip install --no-cache-dir onnxruntime-gpu==1.31.1 \
- && chown -R purifier /app
+ && rm -rf /app/*
 ENV PURIFIER_RUNTIME=onnxruntime-cuda
 
 # hadolint ignore=DL3006
 FROM ${VARIANT}
 USER 10001
 ENV PURIFIER_SERVE_DIR=/home/purifier/serve
+# 8080 inference, 8082 Prometheus metrics (8081 management and 8083 stay on the container's loopback)
+EXPOSE 8080 8082
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s CMD ["purifier", "serve", "--status"]
+# tini reaps children and forwards SIGTERM: `docker stop` drains in-flight requests, then exits 0
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["purifier", "serve", "--foreground", "--host", "0.0.0.0"]

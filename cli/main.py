@@ -87,11 +87,12 @@ def _transfer_sources(args: argparse.Namespace) -> tuple[Path, ...]:
         return tuple(path for path in given if str(path) != "none")
     if args.screen:
         return ()
-    from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+    from purifier.assets import CHECKOUT_BUNDLES
+    from purifier.bundle import load_bundle
 
     if load_bundle(args.bundle).dataset_kind != "fashion-mnist":
         return ()
-    defaults = tuple(DEFAULT_BUNDLE.parent / name for name in ("fmnist-standard", "fmnist-pgd-at"))
+    defaults = tuple(CHECKOUT_BUNDLES / name for name in ("fmnist-standard", "fmnist-pgd-at"))
     return tuple(path for path in defaults if (path / "bundle.json").exists())
 
 
@@ -131,8 +132,14 @@ def _serve(args: argparse.Namespace) -> None:
     certify = {key: value for key, value in (("samples", args.certify_samples), ("selection", args.certify_selection),
                                              ("alpha", args.certify_alpha)) if value is not None}
     access = torchserve.Access(args.token_expiration_min, token_auth=not args.no_token_auth)
-    torchserve.serve(args.bundle, port=args.port, foreground=args.foreground, timeout_s=args.timeout, host=args.host, seed=args.seed, batching=batching,
-                     runtime=args.runtime, certify=certify, access=access)
+    common = dict(port=args.port, foreground=args.foreground, timeout_s=args.timeout, host=args.host, seed=args.seed, runtime=args.runtime,
+                  certify=certify, access=access)
+    if args.front == "kserve":
+        from serving.kserve_launch import serve_kserve
+
+        serve_kserve(args.bundle, **common)
+    else:
+        torchserve.serve(args.bundle, batching=batching, **common)
 
 
 def _purify(args: argparse.Namespace) -> None:
@@ -228,9 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--record", action="store_true", help="write metrics.certified into the bundle's bundle.json")
     certify.set_defaults(func=_certify)
 
-    serve = commands.add_parser("serve", help="serve a bundle with TorchServe on 127.0.0.1")
+    serve = commands.add_parser("serve", help="serve a bundle on 127.0.0.1 (TorchServe, or KServe's ModelServer)")
     serve.add_argument("bundle", type=Path, nargs="?", help="bundle directory (default: the bundled Fashion-MNIST model)")
-    serve.add_argument("--port", type=int, default=8080, help="inference port (management and metrics use the next two)")
+    serve.add_argument("--front", choices=("torchserve", "kserve"), default="torchserve",
+                       help="torchserve (default, the product's design) or kserve: KServe's Python ModelServer, no Java, complete "
+                            "Open Inference Protocol v2 (needs the kserve extra)")
+    serve.add_argument("--port", type=int, default=8080, help="inference port (TorchServe: management, metrics and its own metrics use the "
+                       "next three; KServe: metrics on PORT+2)")
     serve.add_argument("--host", default="127.0.0.1", help="address for inference and metrics (management stays on 127.0.0.1); 0.0.0.0 only inside a container")
     serve.add_argument("--foreground", action="store_true", help="stay attached (containers)")
     serve.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the model to load")

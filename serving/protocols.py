@@ -10,7 +10,8 @@ images back. Accepted forms:
 - Open Inference Protocol v2 (KServe/Triton, at ``/v2/models/NAME/infer``):
   ``{"id": ..., "inputs": [{"name": ..., "datatype": "BYTES", "shape": [N], "data": [base64 files]}]}``
   or ``"datatype": "UINT8"`` with ``shape`` [N, H, W, C] (pixels) or ``"FP32"`` with [N, C, H, W]
-  in [0, 1]; ``"parameters": {"return_purified": true}``.
+  in [0, 1]; ``"parameters": {"return_purified": true}``; ``"outputs"`` picks the outputs answered;
+  the binary tensor data extension (serving.v2_binary, tritonclient's default) in both directions.
 
 ``return_purified`` may also come as the HTTP header ``X-Return-Purified: true`` (any form; the
 only way for a raw-bytes body). TorchServe does not hand the handler the query string of
@@ -24,14 +25,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from purifier.errors import ImageDecodeError, RequestFormatError
 from purifier.images import decode_image, encode_png
+from serving import v2_binary
 
 V2_DATATYPES = ("UINT8", "FP32")  # besides BYTES (encoded image files)
+V2_OUTPUTS = ("label", "index", "probabilities", "purification_changed_prediction", "purified", "smoothed_index", "certified_radius")
 OPTION = "return_purified"
 OPTION_HEADER = "x-return-purified"
 CERTIFY = "certify"
@@ -49,6 +53,8 @@ class Request:
     return_purified: bool = False
     request_id: str | None = None
     certify: bool = False
+    outputs: dict[str, bool] | None = None  # v2: the requested outputs, each with whether to answer it as binary data
+    binary_outputs: bool = False  # v2: answer outputs not listed in ``outputs`` as binary data
 
 
 def _flag(value) -> bool:
@@ -85,7 +91,7 @@ def _v2_tensor(tensor: dict, shape: tuple[int, int, int]) -> list[np.ndarray]:
         flat = np.asarray(data, dtype=object).reshape(-1) if isinstance(data, list) else None
         if flat is None or len(dims) not in (1, 2) or int(np.prod(dims)) != len(flat):
             raise RequestFormatError(f"a BYTES input has shape [N] with N base64 image files as data; got shape {dims}", "bad_tensor")
-        return [decode_image(_b64(item, "v2 BYTES data"), shape) for item in flat]
+        return [decode_image(item if isinstance(item, bytes) else _b64(item, "v2 BYTES data"), shape) for item in flat]
     if datatype not in V2_DATATYPES:
         raise RequestFormatError(f"v2 datatype {datatype!r} is not accepted; use BYTES (image files), UINT8 or FP32", "bad_tensor")
     channels, height, width = shape
@@ -133,9 +139,15 @@ def _parse_body(item: dict, body, shape: tuple[int, int, int], headers: dict[str
         if not files:
             raise ImageDecodeError("empty request: send the image file as the body, a form field, JSON or a v2 request", "empty")
         return Request(_stack([decode_image(bytes(files[0]), shape)]), "raw", return_purified)
+    if isinstance(body, (bytes, bytearray)) and v2_binary.HEADER in headers:
+        body = v2_binary.split_request(bytes(body), headers[v2_binary.HEADER])
+    elif isinstance(body, (bytes, bytearray)) and bytes(body[:1]) in (b"{", b"["):
+        try:  # JSON sent without Content-Type: application/json (tritonclient does so)
+            body = json.loads(bytes(body))
+        except ValueError:
+            raise RequestFormatError("the body looks like JSON but does not parse; send valid JSON with Content-Type: application/json",
+                                     "bad_json") from None
     if isinstance(body, (bytes, bytearray)):
-        if bytes(body[:1]) in (b"{", b"["):
-            raise RequestFormatError("the body looks like JSON but does not parse; send valid JSON with Content-Type: application/json", "bad_json")
         return Request(_stack([decode_image(bytes(body), shape)]), "raw", return_purified)
     if isinstance(body, str):
         raise RequestFormatError("text body; send the image file's bytes, or JSON with Content-Type: application/json", "bad_json")
@@ -147,10 +159,45 @@ def _parse_body(item: dict, body, shape: tuple[int, int, int], headers: dict[str
             raise RequestFormatError("a v2 request needs exactly one input tensor in \"inputs\"", "bad_tensor")
         parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
         request_id = body.get("id") if isinstance(body.get("id"), str) else None
-        return Request(_stack(_v2_tensor(inputs[0], shape)), "v2", return_purified or _flag(parameters.get(OPTION)), request_id)
+        outputs = _requested_outputs(body.get("outputs"))
+        return_purified = return_purified or _flag(parameters.get(OPTION)) or "purified" in (outputs or {})
+        return Request(_stack(_v2_tensor(inputs[0], shape)), "v2", return_purified, request_id, outputs=outputs,
+                       binary_outputs=parameters.get("binary_data_output") is True)
     if "image" not in body:
         raise RequestFormatError("a JSON request needs \"image\" (base64 image file) or v2 \"inputs\"", "bad_json")
     return Request(_stack([decode_image(_b64(body["image"], "\"image\""), shape)]), "json", return_purified or _flag(body.get(OPTION)))
+
+
+def _requested_outputs(outputs) -> dict[str, bool] | None:
+    """A v2 request's ``outputs`` as {name: binary?}; None when it names none (every output is answered)."""
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+        raise RequestFormatError("v2 \"outputs\" must be a list of {\"name\": ...}", "bad_tensor")
+    unknown = [o["name"] for o in outputs if o["name"] not in V2_OUTPUTS]
+    if unknown:
+        raise RequestFormatError(f"unknown v2 output(s) {unknown}; this server answers {list(V2_OUTPUTS)}", "bad_tensor")
+    return {o["name"]: (o.get("parameters") or {}).get("binary_data") is True for o in outputs}
+
+
+def selected_outputs(request: Request, body: dict) -> list[tuple[dict, bool]]:
+    """The v2 outputs to answer (those requested, or all) and whether each goes as binary data."""
+    chosen = body["outputs"] if request.outputs is None else [o for o in body["outputs"] if o["name"] in request.outputs]
+    return [(output, (request.outputs or {}).get(output["name"], request.binary_outputs)) for output in chosen]
+
+
+def encode_body(request: Request, body: dict) -> tuple[dict | bytes, dict[str, str]]:
+    """The response as sent: v2 outputs narrowed to those requested, and as binary data where asked, with the HTTP
+    headers that frame it; other bodies unchanged."""
+    if request.protocol != "v2" or "outputs" not in body:
+        return body, {}
+    selected = selected_outputs(request, body)
+    body = {**body, "outputs": [output for output, _ in selected]}
+    binary = {output["name"] for output, as_binary in selected if as_binary}
+    if not binary:
+        return body, {}
+    payload, header_length = v2_binary.encode_response(body, binary)
+    return payload, {"Inference-Header-Content-Length": str(header_length), "Content-Type": "application/octet-stream"}
 
 
 def _png_base64(image: np.ndarray) -> str:

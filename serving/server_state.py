@@ -1,6 +1,7 @@
 """The state of this machine's purifier server, readable without torch: where it keeps its files,
 the record of the running server, its keys, and ``status`` / ``stop`` (what a container's health
-check and ``purifier serve --status | --key | --stop`` call every few seconds).
+check and ``purifier serve --status | --key | --stop`` call every few seconds). Stopping drains first: it
+waits until no request is queued or in a handler, then stops TorchServe.
 
 Keys: TorchServe writes its keys to ``key_file.json`` in place (a reader can catch it half
 written) and replaces a key the moment it is renewed. The server publishes the inference and
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,17 +26,22 @@ from pathlib import Path
 
 import psutil
 import requests
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from purifier.assets import EXAMPLE_IMAGES
 from purifier.errors import PurifierError
 from purifier.fsutil import atomic_write_json
 
-EXAMPLE_IMAGE = Path(__file__).resolve().parent.parent / "examples" / "fashion-mnist" / "sneaker.png"
+EXAMPLE_IMAGE = EXAMPLE_IMAGES / "sneaker.png"
 SERVER_FILE = "server.json"
 KEY_FILE = "keys.json"
 TORCHSERVE_KEY_FILE = "key_file.json"
 PURIFY_SUFFIX = "-purify"
 KEY_REFUSED = "Token Authorization failed"
 TOKEN_EXPIRATION_MIN = 24 * 60  # default key lifetime; renewed before it ends
+DRAIN_TIMEOUT_S = 30.0
+RENEW_FRACTION = 0.2
+RENEW_AT_MOST_S = 600.0
 
 
 def state_dir() -> Path:
@@ -43,7 +50,8 @@ def state_dir() -> Path:
 
 @dataclass(frozen=True)
 class Server:
-    """Addresses of a running server; ``token_auth`` False when it runs without keys (behind a gateway)."""
+    """Addresses of a running server; ``token_auth`` False when it runs without keys (behind a gateway); ``front``
+    torchserve (TorchServe, its management API and serving.sidecar) or kserve (one process, ``pid``)."""
 
     model: str
     models: tuple[str, ...]
@@ -52,6 +60,8 @@ class Server:
     metrics_url: str
     token_auth: bool = True
     sidecar_pid: int | None = None
+    front: str = "torchserve"
+    pid: int | None = None
 
     def prediction_url(self, model: str | None = None) -> str:
         return f"{self.inference_url}/predictions/{model or self.model}"
@@ -117,6 +127,11 @@ def publish_keys(directory: Path, keys: Keys) -> None:
     }, mode=0o600)
 
 
+def renewal_due(expires: float, lifetime_s: float, now: float) -> bool:
+    """Whether a key expiring at ``expires`` should be renewed now: within a fifth of its lifetime (≤ 10 min) of expiry."""
+    return expires - now <= min(RENEW_FRACTION * lifetime_s, RENEW_AT_MOST_S)
+
+
 def read_keys(directory: Path | None = None) -> Keys | None:
     """The published keys, or None when there are none (not started, or token authorisation off)."""
     try:
@@ -151,8 +166,28 @@ def pid_alive() -> bool:
         return False
 
 
+def _kserve_process(server: Server) -> psutil.Process | None:
+    try:
+        process = psutil.Process(server.pid)
+        return process if "serving.kserve_front" in " ".join(process.cmdline()) else None
+    except (psutil.Error, TypeError, ValueError):
+        return None
+
+
+def alive(server: Server) -> bool:
+    """Whether the recorded server's process still runs."""
+    return _kserve_process(server) is not None if server.front == "kserve" else pid_alive()
+
+
 def model_ready(server: Server, directory: Path | None = None) -> bool:
-    """Whether every served model (classify and purify-only) has a READY worker."""
+    """Whether every served model (classify and purify-only) is ready: has a READY worker (TorchServe), answers its
+    v2 readiness endpoint (KServe)."""
+    if server.front == "kserve":
+        try:
+            return all(keyed_request("GET", f"{server.inference_url}/v2/models/{model}/ready", "inference", directory, timeout=5).status_code == 200
+                       for model in server.models)
+        except requests.RequestException:
+            return False
     for model in server.models:
         try:
             response = keyed_request("GET", f"{server.management_url}/models/{model}", "management", directory, timeout=5)
@@ -178,7 +213,7 @@ def running_server() -> Server | None:
 def status() -> Server:
     """The running server if its model has a READY worker; PurifierError otherwise."""
     server = running_server()
-    if server is None or not pid_alive():
+    if server is None or not alive(server):
         raise PurifierError("not running: no purifier server is running on this machine; start one with 'purifier serve'")
     if not model_ready(server):
         raise PurifierError(f"model '{server.model}' is not ready at {server.management_url}; see {state_dir() / 'logs'}")
@@ -194,9 +229,52 @@ def inference_key() -> str:
     return keys.inference
 
 
-def stop() -> None:
-    """Stop the TorchServe of this machine (there is only one: TorchServe keeps a global pid file) and its sidecar."""
+def worker_metrics(directory: Path | None = None) -> MultiProcessCollector:
+    """The handler workers' metrics (prometheus_client multiprocess files), with those of dead workers' live gauges
+    forgotten first (a killed worker must not count as busy forever)."""
+    folder = (directory or state_dir()) / "prometheus"
+    for file in folder.glob("gauge_live*_*.db"):
+        pid = int(file.stem.rsplit("_", 1)[1])
+        if not psutil.pid_exists(pid):
+            mark_process_dead(pid, str(folder))
+    return MultiProcessCollector(None, path=str(folder))
+
+
+def in_flight(server: Server, directory: Path | None = None) -> int:
+    """Requests queued in TorchServe or being handled by a worker now."""
+    queued = 0
+    for model in server.models:
+        response = keyed_request("GET", f"{server.management_url}/models/{model}", "management", directory, timeout=5)
+        if response.status_code == 200:
+            queued += sum(entry.get("jobQueueStatus", {}).get("pendingRequests", 0) for entry in response.json())
+    handled = sum(sample.value for family in worker_metrics(directory).collect() if family.name == "purifier_inflight_requests"
+                  for sample in family.samples)
+    return queued + int(handled)
+
+
+def drain(server: Server, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
+    """Wait until no request is queued or in a handler on two polls in a row (bounded); whether that happened."""
+    deadline, idle = time.monotonic() + timeout_s, 0
+    while time.monotonic() < deadline:
+        try:
+            idle = idle + 1 if in_flight(server) == 0 else 0
+        except requests.RequestException:
+            return False
+        if idle >= 2:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def stop(drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+    """Stop the TorchServe of this machine (there is only one: TorchServe keeps a global pid file) and its sidecar,
+    after the requests it is working on are answered (at most ``drain_timeout_s`` seconds)."""
     server = running_server()
+    if server is not None and server.front == "kserve":
+        _stop_kserve(server, drain_timeout_s)
+        return
+    if server is not None and pid_alive() and not drain(server, drain_timeout_s):
+        print(f"requests were still in flight after {drain_timeout_s:g} s; stopping anyway", file=sys.stderr)
     result = subprocess.run([bin_path("torchserve"), "--stop"], capture_output=True, text=True, env=server_env(state_dir()))
     deadline = time.monotonic() + 30
     while pid_alive() and time.monotonic() < deadline:
@@ -206,6 +284,32 @@ def stop() -> None:
     if not pid_alive():
         (state_dir() / SERVER_FILE).unlink(missing_ok=True)
     print(result.stdout.strip() or result.stderr.strip())
+
+
+def stay_until_signalled(process: subprocess.Popen, name: str) -> None:
+    """Foreground (containers): on SIGTERM or SIGINT stop gracefully (``stop``: in-flight requests are answered) and
+    return, so the command exits 0; if ``process`` (the server ``name``) dies on its own, raise."""
+    signalled = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: signalled.set())
+    while not signalled.wait(0.5):
+        if process.poll() is not None:
+            raise PurifierError(f"{name} exited with status {process.returncode}; see {state_dir() / 'logs'}")
+    print("stopping: draining in-flight requests", flush=True)
+    stop()
+
+
+def _stop_kserve(server: Server, drain_timeout_s: float) -> None:
+    """SIGTERM the KServe front (uvicorn answers what is in flight, then it exits) and wait for it."""
+    process = _kserve_process(server)
+    if process is not None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=drain_timeout_s + 30)
+        except psutil.TimeoutExpired:
+            process.kill()
+    (state_dir() / SERVER_FILE).unlink(missing_ok=True)
+    print("the KServe front has stopped.")
 
 
 def stop_sidecar(pid: int) -> None:

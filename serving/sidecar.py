@@ -26,7 +26,6 @@ from pathlib import Path
 import requests
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from serving.server_state import (
     Server,
@@ -35,16 +34,11 @@ from serving.server_state import (
     publish_keys,
     read_keys,
     read_torchserve_keys,
+    renewal_due,
+    worker_metrics,
 )
 
-RENEW_FRACTION = 0.2
-RENEW_AT_MOST_S = 600.0
 POLL_S = 1.0
-
-
-def renewal_due(expires: float, lifetime_s: float, now: float) -> bool:
-    """Whether a key expiring at ``expires`` should be renewed now: within a fifth of its lifetime (≤ 10 min) of expiry."""
-    return expires - now <= min(RENEW_FRACTION * lifetime_s, RENEW_AT_MOST_S)
 
 
 def renew_keys(directory: Path, management_url: str, lifetime_s: float, now: float | None = None) -> list[str]:
@@ -69,6 +63,16 @@ def renew_keys(directory: Path, management_url: str, lifetime_s: float, now: flo
                 break
             time.sleep(0.01)
     return renewed
+
+
+class WorkerMetrics:
+    """The handler workers' metrics, read from their multiprocess files at each scrape."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def collect(self):
+        yield from worker_metrics(self.directory).collect()
 
 
 class ScrapeTimeCollector:
@@ -116,7 +120,7 @@ def metrics_handler(registry: CollectorRegistry, torchserve_metrics: str):
 def run(server: Server, directory: Path, host: str, port: int, torchserve_metrics: str, lifetime_s: float) -> None:
     """Serve /metrics and renew keys until TorchServe stops or SIGTERM arrives."""
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(directory / "prometheus"))
+    registry.register(WorkerMetrics(directory))
     registry.register(ScrapeTimeCollector(server, directory))
     httpd = ThreadingHTTPServer((host, port), metrics_handler(registry, torchserve_metrics))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()

@@ -43,6 +43,7 @@ from serving.server_state import (
     running_server,
     server_env,
     state_dir,
+    stay_until_signalled,
     stop,
     stop_sidecar,
 )
@@ -53,13 +54,13 @@ MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
-def _model_name(bundle: Bundle) -> str:
+def model_name(bundle: Bundle) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", bundle.name):
         raise PurifierError(f"bundle name {bundle.name!r} is not usable in a URL; rename it in bundle.json (letters, digits, '.', '_', '-')")
     return bundle.name
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -91,7 +92,7 @@ def build_archive(
     torch-model-archiver scratches in $TMPDIR/NAME and deletes that path first, so it runs with
     a private TMPDIR; it is given a staged copy of exactly the files bundle.json lists.
     """
-    name = _model_name(bundle) + (PURIFY_SUFFIX if mode == "purify" else "")
+    name = model_name(bundle) + (PURIFY_SUFFIX if mode == "purify" else "")
     staged, scratch, store = work / "archive-src", work / "archive-tmp", work / "model-store"
     for folder in (staged, scratch, store):
         folder.mkdir(parents=True, exist_ok=True)
@@ -138,6 +139,7 @@ def write_config(directory: Path, store: Path, port: int, host: str = "127.0.0.1
         f"disable_token_authorization={str(not access.token_auth).lower()}",
         "install_py_dep_per_model=false",
         "enable_model_api=false",
+        "ts_open_inference_protocol=true",  # /v2/health/live and /v2/health/ready (tritonclient)
         "disable_system_metrics=true",
         "async_logging=true",
         f"allowed_urls=file://{store}/.*",
@@ -188,9 +190,9 @@ def serve(
         if server is None or server.model != bundle.name or not server.inference_url.endswith(f":{port}") or not model_ready(server):
             raise PurifierError("another TorchServe is already running on this machine; stop it first with 'purifier serve --stop'")
         print("already running:")
-        _announce(server, bundle)
+        announce(server, bundle)
         return server
-    busy = [p for p in range(port, port + 4) if not _port_free(p)]
+    busy = [p for p in range(port, port + 4) if not port_free(p)]
     if busy:
         raise PurifierError(f"port(s) {', '.join(map(str, busy))} on 127.0.0.1 are in use; pass --port with four free consecutive ports")
     if not access.token_auth:
@@ -211,19 +213,19 @@ def serve(
     ]
     if foreground:
         command.append("--foreground")
-    with open(directory / "logs" / "torchserve.out", "w") as output:
-        process = subprocess.Popen(command, cwd=directory, env=server_env(directory), stdout=output, stderr=subprocess.STDOUT, start_new_session=not foreground)
+    with open(directory / "logs" / "torchserve.out", "w") as output:  # its own session: signals reach it only through stop()
+        process = subprocess.Popen(command, cwd=directory, env=server_env(directory), stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     server = _wait_until_ready(bundle, tuple(archive.stem for archive in archives), directory, port, timeout_s, process if foreground else None,
                                access.token_auth)
     server = replace(server, sidecar_pid=_start_sidecar(server, directory, host, port, access))
     (directory / SERVER_FILE).write_text(json.dumps(asdict(server)))
-    _announce(server, bundle)
+    announce(server, bundle)
     if foreground:
-        process.wait()
+        stay_until_signalled(process, "TorchServe")
     return server
 
 
-def _announce(server: Server, bundle: Bundle) -> None:
+def announce(server: Server, bundle: Bundle) -> None:
     print(f"serving model '{server.model}' from {bundle.path}")
     print(f"  predictions: {server.prediction_url()}  (KServe v2: {server.inference_url}/v2/models/{server.model}/infer)")
     if server.purify_model in server.models:
@@ -242,7 +244,7 @@ def _start_sidecar(server: Server, directory: Path, host: str, port: int, access
         "--key-lifetime-min", str(access.token_expiration_min), *([] if access.token_auth else ["--no-token-auth"]),
     ]
     with open(directory / "logs" / "sidecar.log", "a") as log:
-        sidecar = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, env=server_env(directory), stdout=log,
+        sidecar = subprocess.Popen(command, cwd=directory, env=server_env(directory), stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and sidecar.poll() is None:
@@ -259,7 +261,7 @@ def _start_sidecar(server: Server, directory: Path, host: str, port: int, access
 def _wait_until_ready(bundle: Bundle, models: tuple[str, ...], directory: Path, port: int, timeout_s: float, foreground: subprocess.Popen | None,
                       token_auth: bool) -> Server:
     deadline = time.monotonic() + timeout_s
-    server = Server(_model_name(bundle), models, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}", f"http://127.0.0.1:{port + 2}",
+    server = Server(model_name(bundle), models, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}", f"http://127.0.0.1:{port + 2}",
                     token_auth)
     published = not token_auth
     while time.monotonic() < deadline:

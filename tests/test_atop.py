@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cli.main import main
+from purifier.assets import CHECKOUT_BUNDLES
 from purifier.bundle import load_bundle
 from training.atop import AtopConfig, train_atop
 from training.gan import ReconstructionGAN
@@ -83,9 +84,8 @@ def test_ema_and_trades_term_fine_tune_and_bundle_the_averaged_weights(tiny_bund
 
 def test_trades_classifier_loss_adds_a_non_negative_boundary_term(fmnist_test):
     from training.adversarial import trades_loss
-    from purifier.bundle import DEFAULT_BUNDLE
 
-    classifier = load_bundle(DEFAULT_BUNDLE.parent / "fmnist-standard").classifier().train()
+    classifier = load_bundle(CHECKOUT_BUNDLES / "fmnist-standard").classifier().train()
     images = torch.from_numpy(fmnist_test.images[:64]).permute(0, 3, 1, 2).float() / 255
     labels = torch.from_numpy(fmnist_test.labels[:64]).long()
     generator = torch.Generator().manual_seed(0)

@@ -12,6 +12,7 @@ from torch import nn
 
 from cli.main import main
 from evaluation.certify import certify
+from purifier.assets import CHECKOUT_BUNDLES
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
 from purifier.smoothing import lower_confidence_bound
 from tests.serving_helpers import needs_java
@@ -53,7 +54,7 @@ def test_certify_certifies_a_certain_model_and_abstains_on_a_coin():
 def denoiser(tmp_path_factory):
     """A gaussian-transform bundle (σ 0.25) in front of the standard classifier, denoised-smoothing objective, smoke size."""
     out = tmp_path_factory.mktemp("smoothing") / "denoiser"
-    main(["train", "atop", "--classifier", str(DEFAULT_BUNDLE.parent / "fmnist-standard"), "--transform", "gaussian", "--pretrain-epochs", "1",
+    main(["train", "atop", "--classifier", str(CHECKOUT_BUNDLES / "fmnist-standard"), "--transform", "gaussian", "--pretrain-epochs", "1",
           "--epochs", "1", "--attack", "none", "--targets", "classifier", "--limit", "1024", "--out", str(out)])
     return load_bundle(out)
 

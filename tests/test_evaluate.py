@@ -9,11 +9,12 @@ import pytest
 
 from evaluation.evaluate import EvaluationConfig, evaluate
 from evaluation.report import write_report
+from purifier.assets import CHECKOUT_BUNDLES
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
 from purifier.errors import PurifierError
 
 TINY = dict(images=8, clean_images=200, corruption_images=40, batch_size=8,
-            transfer_from=(DEFAULT_BUNDLE.parent / "fmnist-standard", DEFAULT_BUNDLE.parent / "fmnist-pgd-at"))
+            transfer_from=(CHECKOUT_BUNDLES / "fmnist-standard", CHECKOUT_BUNDLES / "fmnist-pgd-at"))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_partial_results_follow_the_model_not_its_path(report_dir, tmp_path):
     shutil.copytree(DEFAULT_BUNDLE, moved)
     assert evaluate(moved, report_dir, EvaluationConfig.quick_run(**TINY)).results["clean"] == before["results"]["clean"]
     with pytest.raises(PurifierError, match="another model"):
-        evaluate(DEFAULT_BUNDLE.parent / "fmnist-pretrained", report_dir, EvaluationConfig.quick_run(**TINY))
+        evaluate(CHECKOUT_BUNDLES / "fmnist-pretrained", report_dir, EvaluationConfig.quick_run(**TINY))
 
 
 def test_a_composed_bundle_reuses_the_attacks_on_its_classifier(report_dir, tmp_path):
@@ -89,7 +90,7 @@ def test_a_composed_bundle_reuses_the_attacks_on_its_classifier(report_dir, tmp_
     assert {key: evaluation.results[key] for key in on_classifier} == on_classifier  # taken, not run again
     assert write_report(evaluation, out)["protocol"]["classifier_attacks_from"] == str(report_dir)
     with pytest.raises(PurifierError, match="another classifier"):
-        evaluate(DEFAULT_BUNDLE.parent / "fmnist-pgd-at", tmp_path / "other", EvaluationConfig.quick_run(**TINY), reuse_classifier=report_dir)
+        evaluate(CHECKOUT_BUNDLES / "fmnist-pgd-at", tmp_path / "other", EvaluationConfig.quick_run(**TINY), reuse_classifier=report_dir)
 
 
 def test_partial_results_of_other_options_are_refused(report_dir):
@@ -102,9 +103,9 @@ def test_partial_results_of_other_options_are_refused(report_dir):
     ("fmnist-standard", "fmnist-standard", "has no flow"),
 ])
 def test_a_bundle_of_the_wrong_kind_is_refused_before_anything_is_written(bundle, flow, match, tmp_path):
-    config = EvaluationConfig.quick_run(**TINY, joint_flow=flow and DEFAULT_BUNDLE.parent / flow)
+    config = EvaluationConfig.quick_run(**TINY, joint_flow=flow and CHECKOUT_BUNDLES / flow)
     with pytest.raises(PurifierError, match=match):
-        evaluate(DEFAULT_BUNDLE.parent / bundle, tmp_path / "out", config)
+        evaluate(CHECKOUT_BUNDLES / bundle, tmp_path / "out", config)
     assert not (tmp_path / "out").exists()
 
 
@@ -193,7 +194,7 @@ def test_square_breaks_an_undefended_classifier():
     from evaluation.attacks import square
     from purifier.data import load_split
 
-    classifier = load_bundle(DEFAULT_BUNDLE.parent / "fmnist-standard").classifier()
+    classifier = load_bundle(CHECKOUT_BUNDLES / "fmnist-standard").classifier()
     _, images, labels = load_split("fashion-mnist", None, "test", 32)
     adversarial = square(classifier, images, labels, eps=0.1, queries=300)
     assert float((adversarial - images).abs().max()) <= 0.1 + 1e-6 and 0 <= float(adversarial.min()) and float(adversarial.max()) <= 1
@@ -232,7 +233,7 @@ def test_a_planted_gradient_masking_defence_is_flagged():
         def forward(self, x):
             return self.classifier(torch.round(x * 255) / 255)
 
-    masked = QuantisedInput(load_bundle(DEFAULT_BUNDLE.parent / "fmnist-standard").classifier()).eval()
+    masked = QuantisedInput(load_bundle(CHECKOUT_BUNDLES / "fmnist-standard").classifier()).eval()
     _, images, labels = load_split("fashion-mnist", None, "test", 32)
     after_pgd = masked(pgd(masked, images, labels, 0.1, steps=20)).argmax(1) == labels
     after_square = masked(square(masked, images, labels, 0.1, queries=300)).argmax(1) == labels

@@ -11,6 +11,7 @@ import torch
 from cli.main import main
 from evaluation.accuracy import accuracy
 from evaluation.attacks import joint_pgd, pgd
+from purifier.assets import CHECKOUT_BUNDLES
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
 from purifier.models.flow import Glow
 from training.ijsat import robust_mixup_batch
@@ -49,7 +50,7 @@ def test_log_determinant_matches_the_brute_force_jacobian():
 
 @pytest.fixture(scope="module")
 def committed_flow() -> Glow:
-    return load_bundle(DEFAULT_BUNDLE.parent / "fmnist-flow").flow()
+    return load_bundle(CHECKOUT_BUNDLES / "fmnist-flow").flow()
 
 
 def test_the_committed_flow_inverts_real_images_and_nearby_latents(committed_flow, fmnist_test):
@@ -130,8 +131,8 @@ def test_evaluate_runs_the_joint_space_threat(flow_bundle, tmp_path):
     config = EvaluationConfig.quick_run(images=8, clean_images=100, corruption_images=20, batch_size=8, joint_flow=flow_bundle.path,
                                         autoattack=())
     without = dataclasses.replace(config, joint_flow=None)
-    first = evaluate(DEFAULT_BUNDLE.parent / "fmnist-standard", tmp_path, without)
-    report = write_report(evaluate(DEFAULT_BUNDLE.parent / "fmnist-standard", tmp_path, config), tmp_path)  # adds the joint unit only
+    first = evaluate(CHECKOUT_BUNDLES / "fmnist-standard", tmp_path, without)
+    report = write_report(evaluate(CHECKOUT_BUNDLES / "fmnist-standard", tmp_path, config), tmp_path)  # adds the joint unit only
     assert report["clean"] == first.results["clean"]
     joint = report["headline"]["joint_0.1_worst_case"]
     assert joint is not None and joint <= report["robust"]["classifier"]["linf"]["0.1"]["worst_case"]

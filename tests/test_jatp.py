@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from evaluation.attacks import pgd
-from purifier.bundle import DEFAULT_BUNDLE, compose_bundle, load_bundle
+from purifier.assets import CHECKOUT_BUNDLES
+from purifier.bundle import compose_bundle, load_bundle
 from purifier.errors import BundleError
 from training.jatp import JatpConfig, feature_distance, train_jatp
 
@@ -58,5 +59,5 @@ def test_compose_puts_one_bundles_purifier_in_front_of_anothers_classifier(jatp_
     with pytest.raises(BundleError, match="has no purifier"):
         compose_bundle(tiny_bundle.path.parent / "tiny-clf", tiny_bundle.path, tmp_path / "refused")
     with pytest.raises(BundleError, match="has no classifier"):
-        compose_bundle(full.path, DEFAULT_BUNDLE.parent / "fmnist-flow", tmp_path / "refused")
+        compose_bundle(full.path, CHECKOUT_BUNDLES / "fmnist-flow", tmp_path / "refused")
     assert not (tmp_path / "refused").exists()

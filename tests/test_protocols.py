@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import struct
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from purifier.bundle import DEFAULT_BUNDLE
 from purifier.errors import BadInputError
 from purifier.images import encode_png
-from serving.protocols import format_purified, format_response, parse_request
+from serving.protocols import (
+    encode_body,
+    format_purified,
+    format_response,
+    parse_request,
+)
 from serving.service import PurificationService
 
 SHAPE = (1, 28, 28)
@@ -130,3 +138,50 @@ def test_a_body_curl_sent_as_a_form_gets_the_header_to_add(pngs):
     assert json_as_form.value.reason == "bad_json"
     with pytest.raises(BadInputError, match="curl -T FILE"):
         parse_request({"\x89PNG\r\n": b""}, SHAPE, form)
+
+
+def _binary_request(header: dict, *chunks: bytes) -> tuple[dict, dict]:
+    encoded = json.dumps(header).encode()
+    return {"body": encoded + b"".join(chunks)}, {"inference-header-content-length": str(len(encoded))}
+
+
+def test_v2_binary_tensors_decode_to_the_same_pixels_as_json(pngs, fmnist_test):
+    images = fmnist_test.images[:2]
+    item, headers = _binary_request({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [2, 28, 28, 1],
+                                                 "parameters": {"binary_data_size": images.nbytes}}]}, images.tobytes())
+    assert np.array_equal(parse_request(item, SHAPE, headers).images, images)
+    files = b"".join(struct.pack("<I", len(png)) + png for png in pngs[:2])
+    item, headers = _binary_request({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": len(files)}}],
+                                     "outputs": [{"name": "index", "parameters": {"binary_data": True}}, {"name": "label"}]}, files)
+    request = parse_request(item, SHAPE, headers)
+    assert np.array_equal(request.images, images) and request.outputs == {"index": True, "label": False}
+
+
+@pytest.mark.parametrize("header, data, reason", [
+    ("9999", b"", "bad_json"),
+    (None, b"\x00" * 3, "bad_tensor"),   # binary_data_size 784 but 3 bytes sent
+    (None, b"\x00" * 900, "bad_tensor"),  # bytes left over after the last input
+])
+def test_malformed_binary_framing_is_a_400_with_a_reason(header, data, reason):
+    item, headers = _binary_request({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 28, 28, 1],
+                                                 "parameters": {"binary_data_size": 784}}]}, data)
+    headers = {"inference-header-content-length": header} if header else headers
+    with pytest.raises(BadInputError) as error:
+        parse_request(item, SHAPE, headers)
+    assert error.value.reason == reason
+
+
+def test_requested_outputs_narrow_the_answer_and_binary_outputs_round_trip(pngs):
+    service = PurificationService.from_bundle(DEFAULT_BUNDLE, seed=0)
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": [_b64(p) for p in pngs[:2]]}],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}, {"name": "label"}]}
+    request = parse_request({"body": body}, SHAPE)
+    outcome = service.run(request.images)
+    payload, headers = encode_body(request, format_response(request, outcome.predictions, outcome.purified, "m", service.bundle.class_names))
+    length = int(headers["Inference-Header-Content-Length"])
+    header = json.loads(payload[:length])
+    assert [o["name"] for o in header["outputs"]] == ["label", "probabilities"]
+    probabilities = np.frombuffer(payload[length:], dtype="<f4").reshape(2, 10)
+    assert np.allclose(probabilities, [p.scores for p in outcome.predictions], atol=1e-6)
+    with pytest.raises(BadInputError, match="unknown v2 output"):
+        parse_request({"body": {**body, "outputs": [{"name": "logits"}]}}, SHAPE)

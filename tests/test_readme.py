@@ -41,6 +41,7 @@ EXPECTED = {
     "purifier evaluate bundles/fmnist-default": lambda out: "worst of 4 draws" in out,
     "purifier purify examples": lambda out: out.count("purified 10/10 images") == 2 and "purified 1000/1000 images" in out,
     "import purifier": lambda out: "accuracy on 100 test images" in out,
+    "import tritonclient.http": lambda out: "live: True ready: True" in out and "[b'Bag']" in out,
 }
 
 
@@ -90,7 +91,7 @@ def test_every_block_is_run_or_says_why_not():
 def test_the_serve_block_prints_a_curl_line_that_works(server):
     assert "serving model 'fmnist-default'" in server["stdout"]
     line = next(line for line in server["stdout"].splitlines() if "try:" in line).split("try:", 1)[1].strip()
-    answered = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=60)
+    answered = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=60, env=_environment(server["state"]))
     assert '"label": "Sneaker"' in answered.stdout, answered.stdout + answered.stderr
 
 

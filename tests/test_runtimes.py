@@ -7,6 +7,7 @@ import importlib.util
 import onnxruntime
 import pytest
 
+from purifier.assets import CHECKOUT_BUNDLES
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
 from purifier.errors import PurifierError
 from serving.runtime import RUNTIMES, create_runtime
@@ -23,7 +24,7 @@ def test_unknown_runtime_lists_the_known_ones(bundle):
 
 
 def test_int8_runtime_without_quantized_graphs_says_how_to_make_them():
-    float_only = load_bundle(DEFAULT_BUNDLE.parent / "fmnist-pgd-at")
+    float_only = load_bundle(CHECKOUT_BUNDLES / "fmnist-pgd-at")
     assert "onnx_int8" not in float_only.manifest["exports"]
     with pytest.raises(PurifierError, match="purifier quantize"):
         create_runtime(float_only, "onnxruntime-int8")

@@ -18,18 +18,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from purifier.assets import EXAMPLE_IMAGES
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
 from purifier.images import encode_png
 from serving.metrics import bundle_sha256
 from serving.server_state import read_keys
 from serving.service import PurificationService
-from tests.serving_helpers import PORT, needs_java
+from tests.serving_helpers import PORT, check_with_tritonclient, needs_java
 from tests.serving_helpers import serve as _serve
 
 pytestmark = needs_java
@@ -94,7 +96,7 @@ def test_bad_image_and_missing_token_are_client_errors(server):
     assert bad.status_code == 400 and "error" in bad.json()
     anonymous = requests.post(server["url"], data=b"x", timeout=30)
     assert anonymous.status_code in (400, 401) and "Token" in anonymous.text
-    ok = requests.post(server["url"], data=(DEFAULT_BUNDLE.parent.parent / "examples/fashion-mnist/bag.png").read_bytes(),
+    ok = requests.post(server["url"], data=(EXAMPLE_IMAGES / "bag.png").read_bytes(),
                        headers={"Authorization": f"Bearer {server['key']}"}, timeout=30)
     assert ok.status_code == 200  # the worker survived the bad request
 
@@ -209,3 +211,7 @@ def test_a_killed_worker_is_restarted_and_serves_again(server, fmnist_test):
         time.sleep(1)
     assert response.status_code == 200 and _worker_pid(server) != old_pid
     assert all(requests.post(server["url"], data=png, headers=server["headers"], timeout=60).status_code == 200 for _ in range(10))
+
+
+def test_nvidias_tritonclient_checks_health_and_infers_with_binary_data_on_and_off(server, fmnist_test):
+    check_with_tritonclient(f"127.0.0.1:{PORT}", server["headers"], fmnist_test)
