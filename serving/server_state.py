@@ -7,7 +7,8 @@ Keys: TorchServe writes its keys to ``key_file.json`` in place (a reader can cat
 written) and replaces a key the moment it is renewed. The server publishes the inference and
 management keys to ``keys.json`` instead, atomically (mode 0600), at start and after every renewal
 (serving.sidecar). A client reads ``keys.json`` (or ``purifier serve --key``) and, if a request
-is refused for its key, reads it again and retries once: across renewals it never fails.
+is refused for its key, reads it again until it holds a new key (milliseconds after a renewal)
+and retries once: across renewals it never fails (``keyed_request``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ PURIFY_SUFFIX = "-purify"
 KEY_REFUSED = "Token Authorization failed"
 TOKEN_EXPIRATION_MIN = 24 * 60  # default key lifetime; renewed before it ends
 DRAIN_TIMEOUT_S = 30.0
+KEY_WAIT_S = 5.0  # how long a refused client waits for a renewed key to be published
 RENEW_FRACTION = 0.2
 RENEW_AT_MOST_S = 600.0
 
@@ -143,18 +145,29 @@ def read_keys(directory: Path | None = None) -> Keys | None:
 
 
 def keyed_request(method: str, url: str, kind: str, directory: Path | None = None, **options) -> requests.Response:
-    """An HTTP request with the current ``kind`` key (inference | management); refused for its key, the keys are
-    read again and the request sent once more. Without published keys it is sent without one."""
+    """An HTTP request with the current ``kind`` key (inference | management). Refused for its key, it waits until
+    keys.json holds another key (a renewal: TorchServe switches keys before the new one can be published; at most
+    ``KEY_WAIT_S``) and sends the request once more. Without published keys it is sent without one."""
+    headers = dict(options.pop("headers", None) or {})
+    keys = read_keys(directory)
     for attempt in range(2):
-        keys = read_keys(directory)
-        headers = dict(options.pop("headers", None) or {})
         if keys is not None:
             headers["Authorization"] = f"Bearer {keys.for_kind(kind)}"
         response = requests.request(method, url, headers=headers, **options)
-        if not (response.status_code in (400, 401) and KEY_REFUSED in response.text) or attempt:
+        if attempt or not (response.status_code in (400, 401) and KEY_REFUSED in response.text):
             return response
-        options["headers"] = {k: v for k, v in headers.items() if k != "Authorization"}
+        keys = _next_keys(directory, keys, kind)
     return response
+
+
+def _next_keys(directory: Path | None, used: Keys | None, kind: str) -> Keys | None:
+    """The published keys once their ``kind`` key differs from the one ``used`` (polled, at most KEY_WAIT_S)."""
+    deadline = time.monotonic() + KEY_WAIT_S
+    while True:
+        keys = read_keys(directory)
+        if keys is None or used is None or keys.for_kind(kind) != used.for_kind(kind) or time.monotonic() > deadline:
+            return keys
+        time.sleep(0.02)
 
 
 def pid_alive() -> bool:

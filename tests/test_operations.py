@@ -11,12 +11,21 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
 from purifier.images import encode_png
-from serving.server_state import keyed_request, pid_alive, read_keys
+from serving.server_state import (
+    KEY_REFUSED,
+    Keys,
+    keyed_request,
+    pid_alive,
+    publish_keys,
+    read_keys,
+)
 from tests.serving_helpers import PORT, needs_java
 from tests.serving_helpers import serve as _serve
 
@@ -26,8 +35,9 @@ URL = f"http://127.0.0.1:{PORT}/predictions/fmnist-default"
 
 
 def test_keys_are_renewed_before_they_expire_and_a_rereading_client_never_fails(tmp_path, fmnist_test):
-    """Keys that live one minute: for 75 s (past the first keys' expiry) a client reading keys.json before each request,
-    and once more if refused, gets only 200s; the keys changed, the management key too (status still answers)."""
+    """Keys that live one minute: for 75 s (past the first keys' expiry) 4 clients without pause, each reading keys.json
+    before a request and waiting for a new key when refused (keyed_request), get only 200s; the keys changed, the
+    management key too (status still answers)."""
     started = _serve(["--token-expiration-min", "1"], tmp_path)
     state = tmp_path / "serve"
     try:
@@ -35,10 +45,16 @@ def test_keys_are_renewed_before_they_expire_and_a_rereading_client_never_fails(
         first = read_keys(state)
         assert stat.S_IMODE(os.stat(state / "keys.json").st_mode) == 0o600
         png = encode_png(fmnist_test.images[0])
-        statuses, deadline = [], time.monotonic() + 75
-        while time.monotonic() < deadline:
-            statuses.append(keyed_request("POST", URL, "inference", state, data=png, timeout=30).status_code)
-            time.sleep(0.2)
+        deadline = time.monotonic() + 75
+
+        def client() -> list:
+            statuses = []
+            while time.monotonic() < deadline:
+                statuses.append(keyed_request("POST", URL, "inference", state, data=png, timeout=30).status_code)
+            return statuses
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            statuses = [status for result in pool.map(lambda _: client(), range(4)) for status in result]
         assert first.inference_expires < time.time(), "the test did not outlive the first keys"
         assert set(statuses) == {200}, {code: statuses.count(code) for code in set(statuses)}
         now = read_keys(state)
@@ -108,3 +124,32 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path, fmnist_test, f
         if process.poll() is None:
             process.kill()
         _serve(["--stop"], tmp_path)
+
+
+def test_a_refused_client_waits_for_the_renewed_key_to_be_published(tmp_path):
+    """The race a renewal opens: the server already refuses key A while keys.json still says A; B is published 0.2 s
+    later. keyed_request waits for B instead of retrying at once with A (a local HTTP server plays the renewed server)."""
+    publish_keys(tmp_path, Keys("A", "M", "api", time.time() + 60, time.time() + 60))
+    published = threading.Event()
+
+    class Renewed(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            accepted = self.headers.get("Authorization") == "Bearer B"
+            if not accepted and not published.is_set():
+                threading.Timer(0.2, lambda: (publish_keys(tmp_path, Keys("B", "M", "api", time.time() + 60, time.time() + 60)),
+                                              published.set())).start()
+            body = b"ok" if accepted else f'{{"message": "{KEY_REFUSED}"}}'.encode()
+            self.send_response(200 if accepted else 400)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Renewed) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        began = time.monotonic()
+        response = keyed_request("GET", f"http://127.0.0.1:{httpd.server_port}/", "inference", tmp_path, timeout=10)
+        httpd.shutdown()
+    assert response.status_code == 200 and time.monotonic() - began >= 0.2
