@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -24,10 +23,9 @@ from serving.server_state import (
     Server,
     model_ready,
     server_env,
-    state_dir,
     stay_until_signalled,
 )
-from serving.torchserve import Access, announce, model_name, port_free
+from serving.torchserve import Access, announce, fresh_state, model_name
 
 
 def serve_kserve(bundle_path: Path | None = None, port: int = 8080, foreground: bool = False, timeout_s: float = 180.0,
@@ -41,16 +39,7 @@ def serve_kserve(bundle_path: Path | None = None, port: int = 8080, foreground: 
         from export.onnx import export_bundle
 
         bundle = export_bundle(bundle.path)
-    busy = [p for p in (port, port + 2) if not port_free(p)]
-    if busy:
-        raise PurifierError(f"port(s) {', '.join(map(str, busy))} on 127.0.0.1 are in use; pass --port N with N and N+2 free")
-    if not access.token_auth:
-        print("warning: token authorisation is off (--no-token-auth): anyone who reaches the inference port can use it; run it only "
-              "behind a gateway that authenticates every request", file=sys.stderr)
-    directory = state_dir()
-    if directory.exists():
-        shutil.rmtree(directory)
-    (directory / "logs").mkdir(parents=True)
+    directory = fresh_state([port, port + 2], access, "pass --port N with N and N+2 free")
     name = model_name(bundle)
     config = {"state": str(directory), "bundle": str(bundle.path), "model": name, "port": port, "host": host, "seed": seed,
               "runtime": runtime, "certify": certify or {}, "token_auth": access.token_auth, "token_expiration_min": access.token_expiration_min}

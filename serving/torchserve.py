@@ -192,16 +192,7 @@ def serve(
         print("already running:")
         announce(server, bundle)
         return server
-    busy = [p for p in range(port, port + 4) if not port_free(p)]
-    if busy:
-        raise PurifierError(f"port(s) {', '.join(map(str, busy))} on 127.0.0.1 are in use; pass --port with four free consecutive ports")
-    if not access.token_auth:
-        print("warning: token authorisation is off (--no-token-auth): anyone who reaches the inference port can use it; run it only "
-              "behind a gateway that authenticates every request", file=sys.stderr)
-    directory = state_dir()
-    if directory.exists():
-        shutil.rmtree(directory)  # state of a server that is no longer running
-    (directory / "logs").mkdir(parents=True)
+    directory = fresh_state(list(range(port, port + 4)), access, "pass --port with four free consecutive ports")
     (directory / "prometheus").mkdir()
     modes = ("classify", "purify") if handler == HANDLER else ("classify",)
     archives = [build_archive(bundle, directory, seed, mode, batching, handler, runtime, certify) for mode in modes]
@@ -223,6 +214,22 @@ def serve(
     if foreground:
         stay_until_signalled(process, "TorchServe")
     return server
+
+
+def fresh_state(ports: list[int], access: Access, hint: str) -> Path:
+    """Before a start: refuse busy ``ports`` (``hint`` says what to pass instead), warn when token authorisation is off,
+    and give an empty state directory with logs/ (what is there belongs to a server no longer running)."""
+    busy = [p for p in ports if not port_free(p)]
+    if busy:
+        raise PurifierError(f"port(s) {', '.join(map(str, busy))} on 127.0.0.1 are in use; {hint}")
+    if not access.token_auth:
+        print("warning: token authorisation is off (--no-token-auth): anyone who reaches the inference port can use it; run it only "
+              "behind a gateway that authenticates every request", file=sys.stderr)
+    directory = state_dir()
+    if directory.exists():
+        shutil.rmtree(directory)
+    (directory / "logs").mkdir(parents=True)
+    return directory
 
 
 def announce(server: Server, bundle: Bundle) -> None:
