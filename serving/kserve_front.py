@@ -108,9 +108,8 @@ def build_model(answerer: Answerer):
             self.ready = True
 
         def get_input_types(self) -> list[dict]:
-            channels, height, width = answerer.service.bundle.input_shape
-            return [{"name": "image", "datatype": "BYTES", "shape": [-1]}, {"name": "image", "datatype": "UINT8", "shape": [-1, height, width, channels]},
-                    {"name": "image", "datatype": "FP32", "shape": [-1, channels, height, width]}]
+            """One input of image files; the same tensor is also accepted as UINT8 [N, H, W, C] or FP32 [N, C, H, W] pixels."""
+            return [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
 
         def get_output_types(self) -> list[dict]:
             if answerer.mode == "purify":
