@@ -88,7 +88,9 @@ STEPS[eval-jatp-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-static-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-on-ijsat]+=" --reuse-classifier reports/fmnist-ijsat"
-ORDER+=(pretrained-wide)
+# the served default on the same screen, the yardstick each change is screened against
+STEPS[screen-default]="screen fmnist-default"
+ORDER+=(screen-default pretrained-wide)
 for name in atop-rt1-pgd atop-wide-pgd atop-wide-trades atop-wide-ema; do
   STEPS[screen-$name]="screen fmnist-$name"
   [ "$name" = atop-rt1-pgd ] || ORDER+=("$name")  # atop-rt1-pgd is trained earlier in ORDER
