@@ -28,12 +28,14 @@ COPY cli ./cli
 FROM base AS cpu
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
  && pip install --no-cache-dir . \
+ && pip install --no-cache-dir --no-deps onnx2torch==1.5.15 \
  && rm -rf /app/*
 ENV PURIFIER_RUNTIME=onnxruntime
 
 # GPU: PyPI's CUDA build of torch, and onnxruntime-gpu in place of onnxruntime.
 FROM base AS gpu
 RUN pip install --no-cache-dir . \
+ && pip install --no-cache-dir --no-deps onnx2torch==1.5.15 \
  && pip uninstall -y onnxruntime \
  && pip install --no-cache-dir onnxruntime-gpu==1.31.1 \
  && rm -rf /app/*

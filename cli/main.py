@@ -40,6 +40,36 @@ def _compose(args: argparse.Namespace) -> None:
     print(f"wrote bundle {bundle.path}: the purifier of {args.purifier} in front of the classifier of {args.classifier}")
 
 
+def _size(text: str) -> tuple[int, int]:
+    height, _, width = text.lower().partition("x")
+    return int(height), int(width or height)
+
+
+def _class_names(text: str) -> tuple[str, ...]:
+    """A file with one class name per line, or a comma-separated list."""
+    path = Path(text)
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip()) if path.is_file() else tuple(text.split(","))
+
+
+def _import_classifier(args: argparse.Namespace) -> None:
+    from purifier.importing import ImportOptions, import_onnx, import_pytorch
+
+    options = ImportOptions(args.input_size, args.channels, args.mean, args.std, args.class_names, args.data_dir)
+    if args.model.endswith(".onnx") or Path(args.model).is_file():
+        if args.weights or args.trust_code:
+            raise PurifierError("--weights and --trust-code are for a PyTorch factory (package.module:function), not an ONNX file")
+        bundle = import_onnx(Path(args.model), args.out, options, command=args.command)
+    else:
+        if args.weights is None:
+            raise PurifierError(f"{args.model} is not a file; for a PyTorch classifier pass package.module:function with --weights FILE")
+        bundle = import_pytorch(args.model, args.weights, args.out, options, trust_code=args.trust_code, command=args.command)
+    conversion = bundle.manifest["classifier"]["imported"]["conversion"]
+    accuracy = bundle.manifest["metrics"].get("clean_accuracy_classifier")
+    print(f"wrote bundle {bundle.path}: input {'x'.join(map(str, bundle.input_shape))}, {len(bundle.class_names)} classes; PyTorch conversion "
+          f"within {conversion['max_abs_logit_diff_vs_onnxruntime']:.1e} of ONNX Runtime on {conversion['images']} images"
+          + (f"; clean accuracy {accuracy['value']:.2%} on {accuracy['protocol']['images']} test images" if accuracy else ""))
+
+
 def _export(args: argparse.Namespace) -> None:
     if args.tensorrt:
         from export.tensorrt import build_bundle_engines
@@ -172,6 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("--classifier", type=Path, required=True, help="bundle whose classifier to use")
     compose.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     compose.set_defaults(func=_compose)
+
+    imported = commands.add_parser("import-classifier", help="a classifier trained elsewhere (ONNX file, or PyTorch factory + weights) as a bundle")
+    imported.add_argument("model", help="an .onnx file, or package.module:function returning the PyTorch model (with --weights, --trust-code)")
+    imported.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    imported.add_argument("--weights", type=Path, help="PyTorch: the state dict (.safetensors, or torch.save, loaded with weights_only)")
+    imported.add_argument("--trust-code", action="store_true", help="PyTorch: allow running the factory's code (once, to export it to ONNX)")
+    imported.add_argument("--input-size", type=_size, help="H or HxW the model takes (read from the ONNX graph where it states it)")
+    imported.add_argument("--channels", type=int, choices=(1, 3), help="1 (grey) or 3 (RGB) (read from the ONNX graph where it states it)")
+    imported.add_argument("--mean", type=_floats, help="normalisation the model expects, x̂ = (x - mean) / std on [0, 1] images, e.g. 0.485,0.456,0.406 "
+                          "(default: the model takes [0, 1])")
+    imported.add_argument("--std", type=_floats, help="see --mean, e.g. 0.229,0.224,0.225")
+    imported.add_argument("--class-names", type=_class_names, help="a file with one name per line, or a comma-separated list (default: 0, 1, …)")
+    imported.add_argument("--data-dir", type=Path, help="an image folder (ROOT/[train|test/]CLASS/*) the bundle's purifiers train and evaluate on; "
+                          "its test split's accuracy is recorded")
+    imported.set_defaults(func=_import_classifier)
 
     export = commands.add_parser("export", help="export a bundle to ONNX and check parity with PyTorch")
     export.add_argument("bundle", type=Path)

@@ -45,8 +45,7 @@ class CertifyConfig:
 
 
 def _identity(bundle, config: CertifyConfig) -> dict:
-    weights = {name: digest for name, digest in sorted(bundle.manifest["files"].items()) if name.endswith(".safetensors")}
-    return {"weights": weights, "transform": bundle.transform.to_dict(), "config": asdict(config)}
+    return {"weights": bundle.weight_digests(), "transform": bundle.transform.to_dict(), "config": asdict(config)}
 
 
 def certify_bundle(bundle_path: Path, out: Path, config: CertifyConfig, data_dir: Path | None = None, record: bool = False) -> dict:

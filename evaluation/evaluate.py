@@ -38,10 +38,12 @@ from torch import nn
 
 from evaluation.accuracy import correct_on_draws, is_stochastic
 from evaluation.attacks import BPDA, JOINT_ETA, joint_pgd, pgd, square
+from evaluation.conversion import conversion_agreement
 from evaluation.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from purifier.bundle import Bundle, load_bundle
 from purifier.errors import PurifierError
 from purifier.fsutil import atomic_write_json
+from purifier.models.imported import ImportedClassifier
 from purifier.progress import progress
 from purifier.transforms import NOISELESS_KINDS
 
@@ -131,7 +133,7 @@ class TransferSource:
         if bundle.input_shape != target.input_shape or len(bundle.class_names) != len(target.class_names):
             raise PurifierError(f"transfer source {path} takes {bundle.input_shape} images with {len(bundle.class_names)} classes, "
                                 f"but {target.path} takes {target.input_shape} with {len(target.class_names)}; pass a source for the same data")
-        return cls(bundle.name, bundle.classifier().requires_grad_(False), bundle.manifest["files"]["classifier.safetensors"])
+        return cls(bundle.name, bundle.classifier().requires_grad_(False), bundle.manifest["files"][bundle.manifest["classifier"]["weights"]])
 
 
 def plan(config: EvaluationConfig, models: list[str], sources: list[TransferSource] = (), own_classifier: str | None = None) -> list[Unit]:
@@ -227,8 +229,7 @@ def _options(config: EvaluationConfig) -> dict:
 
 def _model_identity(bundle: Bundle) -> dict:
     """What an evaluation's results depend on, wherever the bundle lies: weight files' sha256 and the random transform."""
-    weights = {name: digest for name, digest in sorted(bundle.manifest["files"].items()) if name.endswith(".safetensors")}
-    return {"weights": weights, "transform": _canonical_transform((bundle.manifest.get("purifier") or {}).get("random_transform"))}
+    return {"weights": bundle.weight_digests(), "transform": _canonical_transform((bundle.manifest.get("purifier") or {}).get("random_transform"))}
 
 
 def _canonical_transform(transform: dict | None) -> dict | None:
@@ -254,8 +255,9 @@ def classifier_attacks(report_dir: Path, bundle: Bundle, config: EvaluationConfi
     if not source.exists():
         raise PurifierError(f"{source} does not exist; pass a report directory written by 'purifier evaluate'")
     saved = _load_saved(source)
-    theirs = saved.get("model", {}).get("weights", {}).get("classifier.safetensors")
-    if theirs != _model_identity(bundle)["weights"]["classifier.safetensors"] or saved["config"] != _options(config):
+    weights = bundle.manifest["classifier"]["weights"]
+    theirs = saved.get("model", {}).get("weights", {}).get(weights)
+    if theirs != _model_identity(bundle)["weights"][weights] or saved["config"] != _options(config):
         raise PurifierError(f"{report_dir} evaluated another classifier or used other options; evaluate without reusing it")
     return {key: value for key, value in saved["results"].items() if key.startswith("classifier|")}
 
@@ -376,7 +378,10 @@ def evaluate(bundle_path: Path, out: Path, config: EvaluationConfig, data_dir: P
         partial.save()
 
     images, labels = all_images[: config.images], all_labels[: config.images]
-    units = plan(config, list(models), list(sources.values()), bundle.manifest["files"].get("classifier.safetensors"))
+    if isinstance(models["classifier"], ImportedClassifier) and "conversion" not in results:
+        results["conversion"] = conversion_agreement(models["classifier"], images, labels, config.seed)
+        partial.save()
+    units = plan(config, list(models), list(sources.values()), bundle.manifest["files"].get(bundle.manifest["classifier"]["weights"]))
     for position, unit in enumerate(units):
         record = results.setdefault(unit.key, {"correct": [], "attacked": 0, "seconds": 0.0})
         settings = _unit_settings(unit, config, flow_bundle, sources)

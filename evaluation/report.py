@@ -236,6 +236,14 @@ def _markdown(evaluation: Evaluation, robust: dict, corruptions: dict, masking: 
                 "count as AutoAttack's and this check only sees what the gradient attacks and that Square both missed."
                 if entry["autoattack_included_square"] else "")
         lines.append(f"- {model}: {verdict} (images broken: {found}; judged on every draw: {found_all}).{note}")
+    if "conversion" in results:
+        lines += ["", "## Imported classifier: the served ONNX graph vs the PyTorch conversion the attacks used", ""]
+        conversion = results["conversion"]
+        for name in ("clean", "adversarial"):
+            entry = conversion[name]
+            what = "evaluated clean images" if name == "clean" else f"examples of {conversion['adversarial_attack']}"
+            lines.append(f"- {what}: same prediction on {entry['argmax_agreement']:.1%} of {conversion['images']}, "
+                         f"largest logit difference {entry['max_abs_logit_diff']:.1e}.")
     lines += ["", "## Robust accuracy after each attack", "",
               "Attacks at one threat run in this order, each on the images no earlier attack broke, so each row is the accuracy "
               "left after that attack and all above it; the last rows of a threat are the per-image worst case (for the joint "
@@ -373,6 +381,7 @@ def write_report(evaluation: Evaluation, out: Path, record: bool = False, baseli
         "gradient_masking": masking, "corruptions": {"images": evaluation.results["corruptions"]["images"], **corruptions},
         "per_image_worst_case_images": proto["robust_images"], "per_image": per_image(evaluation),
         "clean_per_image": {model: draws for model, draws in evaluation.results["clean_draws"].items() if isinstance(draws, dict)},
+        **({"conversion": evaluation.results["conversion"]} if "conversion" in evaluation.results else {}),
         "wall_time_s": round(evaluation.results["wall_time_s"], 1), "added_wall_time_s": round(added_wall_time(evaluation), 1), "protocol": proto,
     }
     atomic_write_json(out / "report.json", report)

@@ -15,6 +15,9 @@ image alone and draws mask and noise with ONNX's RandomUniformLike / RandomNorma
 every call: the graph to deploy outside this server. It cannot match PyTorch draw for draw; its
 check is that it runs at both batch sizes and that two calls draw differently (the tests compare
 its statistics with PyTorch's on real images).
+For a bundle whose classifier was imported (``purifier import-classifier``), classifier.onnx is the
+user's graph behind the normalisation, and pipeline.onnx and sealed.onnx join the purifier side
+exported from PyTorch to it (``export/compose.py``): the server runs the user's own graph.
 After writing, every graph is run in ONNX Runtime on fresh random inputs at two batch sizes
 and compared with PyTorch; a difference above the tolerance raises ExportParityError.
 """
@@ -28,12 +31,15 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import torch
 from torch import nn
 
+from export.compose import behind_purifier
 from purifier.bundle import Bundle, load_bundle, update_manifest
 from purifier.errors import PurifierError
+from purifier.models.imported import ImportedClassifier
 from purifier.pipeline import Pipeline
 
 OPSET = 18
@@ -44,6 +50,8 @@ GRAPHS = {
     "pipeline": (("image", "mask", "noise"), ("logits", "purified")),
     "sealed": (("image",), ("logits", "purified")),
 }
+# The purifier sides of pipeline.onnx and sealed.onnx, exported alone for a bundle whose classifier is an imported graph.
+_SIDES = {"pipeline_side": (("image", "mask", "noise"), ("purified",)), "sealed_side": (("image",), ("purified",))}
 
 
 class ExportParityError(PurifierError):
@@ -60,8 +68,10 @@ class _Graph(nn.Module):
     def forward(self, image, mask=None, noise=None):
         if self.stage == "classifier":
             return self.pipeline.classifier(image)
-        if self.stage == "purifier":
+        if self.stage in ("purifier", "pipeline_side"):
             return self.pipeline.purify_with(image, mask, noise)
+        if self.stage == "sealed_side":
+            return self.pipeline.purify_with(image, *self.pipeline.transform.sample_like(image))
         if self.stage == "sealed":
             return self.pipeline.forward_with(image, *self.pipeline.transform.sample_like(image))
         return self.pipeline.forward_with(image, mask, noise)
@@ -73,8 +83,22 @@ def _inputs(pipeline: Pipeline, shape: tuple[int, int, int], batch: int, rng: np
     return {"image": image, "mask": mask, "noise": noise}
 
 
+def _write_graph(pipeline: Pipeline, stage: str, shape: tuple[int, int, int], path: Path) -> None:
+    """One graph of GRAPHS into ``path``; for an imported classifier, its own graph behind the purifier side from PyTorch."""
+    classifier = pipeline.classifier
+    if not isinstance(classifier, ImportedClassifier) or stage == "purifier":
+        _export_graph(pipeline, stage, shape, path)
+    elif stage == "classifier":
+        onnx.save(classifier.onnx_model(), str(path))
+    else:
+        side = path.with_name(f"{stage}_side.onnx")
+        _export_graph(pipeline, f"{stage}_side", shape, side)
+        onnx.save(behind_purifier(onnx.load(str(side)), classifier), str(path))
+        side.unlink()
+
+
 def _export_graph(pipeline: Pipeline, stage: str, shape: tuple[int, int, int], path: Path) -> None:
-    input_names, output_names = GRAPHS[stage]
+    input_names, output_names = {**GRAPHS, **_SIDES}[stage]
     example = _inputs(pipeline, shape, 2, np.random.default_rng(0))
     args = tuple(torch.from_numpy(example[name]) for name in input_names)
     batch = torch.export.Dim("batch")
@@ -126,7 +150,7 @@ def export_bundle(bundle_path: Path, tolerance: float = 1e-4, seed: int = 0) -> 
     with tempfile.TemporaryDirectory(dir=target) as scratch:
         for stage in stages:
             staged = Path(scratch) / f"{stage}.onnx"
-            _export_graph(pipeline, stage, bundle.input_shape, staged)
+            _write_graph(pipeline, stage, bundle.input_shape, staged)
             if stage == "sealed":
                 sealed_check(pipeline, staged, bundle.input_shape, seed)
                 records[stage] = {"file": f"{EXPORT_DIR}/{stage}.onnx", "inputs": ["image"], "outputs": ["logits", "purified"],

@@ -31,6 +31,7 @@ from purifier.assets import DEFAULT_BUNDLE_DIR
 from purifier.errors import BundleError, DataError
 from purifier.fsutil import atomic_write_json, publish_dir, sha256_file, staging_dir
 from purifier.models import CLASSIFIERS, FLOWS, PURIFIERS, build
+from purifier.models.imported import ImportedClassifier
 from purifier.pipeline import Pipeline
 from purifier.transforms import RandomTransform
 
@@ -76,7 +77,9 @@ class Bundle:
                 (record["arguments"].get("data_dir") for record in self.manifest.get("training", []) if record.get("arguments", {}).get("data_dir")), None)
             if data_dir is not None and not Path(data_dir).exists():
                 raise DataError(f"{self.path} was trained on data in {data_dir}, which does not exist here; pass --data-dir with that data")
-        return load_dataset(self.dataset_kind, split, Path(data_dir) if data_dir is not None else None)
+        if self.dataset_kind != "folder":
+            return load_dataset(self.dataset_kind, split, Path(data_dir) if data_dir is not None else None)
+        return load_dataset("folder", split, Path(data_dir) if data_dir is not None else None, self.input_shape).relabelled(tuple(self.class_names))
 
     @property
     def has_purifier(self) -> bool:
@@ -102,6 +105,11 @@ class Bundle:
         pipeline.requires_grad_(False)
         return pipeline
 
+    def weight_digests(self) -> dict[str, str]:
+        """sha256 of each model's weights file (classifier, purifier, flow), by file name: what results computed on the bundle depend on."""
+        files = self.manifest["files"]
+        return dict(sorted((entry["weights"], files[entry["weights"]]) for entry in (self.manifest.get(role) for role in ("classifier", "purifier", "flow")) if entry))
+
     def file(self, relative: str) -> Path:
         return self.path / relative
 
@@ -112,6 +120,8 @@ class Bundle:
 
 def _build_model(bundle: Bundle, role: str, registry: dict) -> nn.Module:
     entry = bundle.manifest[role]
+    if entry["weights"].endswith(".onnx"):  # an imported classifier: the graph is the weights
+        return registry[entry["architecture"]].from_file(bundle.file(entry["weights"]), **entry["config"]).eval()
     try:
         model = build(registry, entry["architecture"], entry["config"])
     except (KeyError, TypeError) as error:
@@ -165,23 +175,31 @@ def write_bundle(out: Path, manifest: dict[str, Any], models: dict[str, nn.Modul
     """Write a bundle atomically: build it in a staging directory, hash every file, then rename.
 
     ``models`` maps a role ('classifier', 'purifier') to the module whose state is saved as
-    ``ROLE.safetensors``; ``manifest[ROLE]`` describes its architecture and config.
+    ``ROLE.safetensors`` (an imported classifier: its ONNX graph as ``ROLE.onnx``);
+    ``manifest[ROLE]`` describes its architecture and config.
     """
     staged = staging_dir(out)
     try:
         manifest = {"schema_version": SCHEMA_VERSION, **manifest}
         for role, model in models.items():
-            weights = f"{role}.safetensors"
-            state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
-            save_file(state, str(staged / weights))
-            manifest[role] = dict(manifest[role], weights=weights)
-        manifest["files"] = {file.name: sha256_file(file) for file in sorted(staged.glob("*.safetensors"))}
+            manifest[role] = dict(manifest[role], weights=_save_weights(model, staged, role))
+        manifest["files"] = {file.name: sha256_file(file) for file in sorted(staged.iterdir()) if file.is_file()}
         atomic_write_json(staged / MANIFEST, manifest)
         publish_dir(staged, out)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
     return load_bundle(out)
+
+
+def _save_weights(model: nn.Module, directory: Path, role: str) -> str:
+    """Write ``model``'s weights into ``directory``; the file's name."""
+    if isinstance(model, ImportedClassifier):
+        (directory / f"{role}.onnx").write_bytes(model.graph)
+        return f"{role}.onnx"
+    state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+    save_file(state, str(directory / f"{role}.safetensors"))
+    return f"{role}.safetensors"
 
 
 def update_manifest(bundle: Bundle, edit: Callable[[dict[str, Any]], None], new_files: list[str] = ()) -> Bundle:

@@ -1,6 +1,13 @@
 """The one exception type for mistakes a user can fix: its message is one line saying what to do."""
 
 
+def first_line(error: BaseException, limit: int = 200, end: bool = False) -> str:
+    """The first line of a library's error message (its type's name when it has none): its first ``limit`` characters,
+    or with ``end`` its last (ONNX Runtime puts the reason after a long source location)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line[-limit:] if end else line[:limit]
+
+
 class PurifierError(Exception):
     """A user-fixable error (missing data, bad image, wrong bundle). Printed as one line."""
 

@@ -8,7 +8,8 @@ RT3 ``noise_multimask``: the noisy image x̃ = clip(x + σ·n, 0, 1) is purified
     (the second term covers pixels no mask dropped, which is none when N · missing_rate = 1).
 Each m is a block mask: the image is tiled in ``block_size``² blocks and each block is dropped
 (m = 0) with probability ``missing_rate``; under RT3 a dropped block belongs to exactly one of
-the N masks. ``none`` is the identity (m = 1, no noise). ``gaussian`` is noise alone,
+the N masks; ``block_size_for`` scales the block with the image (4 px at 28–32 px, 8 at 64, 32 at
+224). ``none`` is the identity (m = 1, no noise). ``gaussian`` is noise alone,
 t(x) = clip(x + σ·n, 0, 1) with m = 1: the base classifier of randomized smoothing (Cohen et al.,
 ICML 2019), whose prediction can be certified (``evaluation.certify``).
 
@@ -18,6 +19,7 @@ differentiable), so the same mask and noise can be fed to PyTorch and to an expo
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -26,6 +28,11 @@ from torch import nn
 
 KINDS = ("none", "mask", "noise_mask", "noise_multimask", "gaussian")
 NOISELESS_KINDS = ("none", "mask")
+
+
+def block_size_for(height: int, width: int) -> int:
+    """The default mask block side for an image: AToP's 4 px at Fashion-MNIST's 28 px, doubling with each doubling of the side."""
+    return 4 * 2 ** max(0, round(math.log2(min(height, width) / 28)))
 
 
 @dataclass(frozen=True)

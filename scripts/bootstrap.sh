@@ -23,12 +23,15 @@ fi
 
 python=python3.11; command -v "$python" >/dev/null 2>&1 || python=python3
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   echo "installing Python packages into .venv" >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps torchattacks==3.5.1 >&2
+  # Without their dependencies, which name torchvision (and through it a CUDA torch): torchattacks (an independent PGD for
+  # cross-checks), onnx2torch (import-classifier's ONNX -> PyTorch conversion) and foolbox (for the CIFAR-10 and ImageNet
+  # sample images its wheel ships, the tests' real RGB images; foolbox itself is never imported).
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps torchattacks==3.5.1 onnx2torch==1.5.15 foolbox==3.3.4 >&2
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 

@@ -56,7 +56,8 @@ from purifier.bundle import Bundle, load_bundle
 from purifier.errors import DataError
 from purifier.models import PURIFIERS, build
 from purifier.pipeline import Pipeline
-from purifier.transforms import NOISELESS_KINDS, RandomTransform
+from purifier.models.unet import sized_for
+from purifier.transforms import NOISELESS_KINDS, RandomTransform, block_size_for
 from training.adversarial import adversarial_batch, kl_divergence
 from training.common import (
     TrainConfig, classifier_and_training_data, metric, publish, seed_everything, train_epochs, training_record,
@@ -79,7 +80,7 @@ class AtopConfig(TrainConfig):
     lr: float = 2e-3
     finetune_lr: float = 5e-4
     transform: str = "noise_mask"
-    block_size: int = 4
+    block_size: int | None = None  # None: scaled with the image (transforms.block_size_for)
     missing_rate: float | None = None  # None: 0.25, or 0 for the gaussian transform (which masks nothing)
     noise_std: float | None = None  # None: 0.1 for the noisy transforms (RT2, RT3), 0.25 for gaussian, 0 for RT1
     masks: int = 1
@@ -109,8 +110,10 @@ class AtopConfig(TrainConfig):
             raise ValueError("--ema is a decay in [0, 1) (0: off) and --trades-beta a weight ≥ 0")
         self.random_transform()  # validates the transform settings before any work starts
 
-    def random_transform(self) -> RandomTransform:
-        return RandomTransform(self.transform, self.block_size, self.missing_rate, self.noise_std, self.masks)
+    def random_transform(self, shape: tuple[int, int, int] | None = None) -> RandomTransform:
+        """The transform for images of ``shape`` (C, H, W); without a shape, only its settings are checked."""
+        block_size = self.block_size or (block_size_for(*shape[1:]) if shape else 4)
+        return RandomTransform(self.transform, block_size, self.missing_rate, self.noise_std, self.masks)
 
     def lam_at(self, finetune_epoch: int) -> float:
         """λ for a fine-tuning epoch (0-based)."""
@@ -125,10 +128,10 @@ def _cosine(step: int, steps: int, peak: float, warmup: float = 0.05) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - rise) / max(1, steps - rise))))
 
 
-def _initial_purifier(config: AtopConfig, channels: int):
+def _initial_purifier(config: AtopConfig, shape: tuple[int, int, int]):
     """(purifier, architecture config, earlier training records): fresh, or from ``config.purifier``."""
     if config.purifier is None:
-        model_config = {"in_channels": channels, "widths": list(config.widths)}
+        model_config = {"in_channels": shape[0], "widths": list(config.widths)} if config.widths else sized_for(shape)
         return build(PURIFIERS, "unet", model_config), model_config, []
     pretrained = load_bundle(config.purifier)
     if not pretrained.has_purifier:
@@ -144,8 +147,10 @@ def train_atop(config: AtopConfig) -> Bundle:
         if config.validate >= len(labels) // 2:
             raise DataError(f"--validate {config.validate} would hold out half or more of the {len(labels)} training images; pass fewer")
         images, labels, held_images, held_labels = images[:-config.validate], labels[:-config.validate], images[-config.validate:], labels[-config.validate:]
-    transform = config.random_transform()
-    purifier, model_config, earlier_records = _initial_purifier(config, data.input_shape[0])
+    transform = config.random_transform(data.input_shape)
+    purifier, model_config, earlier_records = _initial_purifier(config, data.input_shape)
+    if config.joint and base.manifest["classifier"].get("imported"):
+        raise DataError(f"{config.classifier} holds an imported classifier, which the bundle keeps as its ONNX graph; --joint cannot fine-tune it")
     classifier = base.classifier().requires_grad_(config.joint)
     prepare(config.precision, classifier, purifier)
     pipeline = Pipeline(classifier, purifier, transform).eval()

@@ -60,7 +60,7 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
     mean, std = channel_stats(images)
     model_config = {
         "in_channels": data.input_shape[0], "num_classes": len(data.class_names),
-        "widths": list(config.widths), "mean": mean, "std": std,
+        "widths": list(config.widths or (16, 32, 64)), "mean": mean, "std": std,
     }
     model = build(CLASSIFIERS, "resnet_small", model_config)
     prepare(config.precision, model)

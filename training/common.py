@@ -29,7 +29,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.05
-    widths: tuple[int, ...] = (16, 32, 64)
+    widths: tuple[int, ...] | None = None  # None: the model family's default for the data (ResNetSmall 16,32,64; unet.sized_for)
     seed: int = 0
     limit: int | None = None
     name: str | None = None
@@ -72,7 +72,9 @@ def finished_bundle(config: Any) -> Bundle | None:
     bundle = load_bundle(config.out)
     recorded = (bundle.manifest.get("training") or [{}])[-1].get("arguments", {})
     ignored = {"noise_std"} if getattr(config, "transform", None) in NOISELESS_KINDS else set()  # RT1 runs once recorded a σ they never used
-    changed = [key for key, value in fingerprint(config).items() if key in recorded and key not in ignored and recorded[key] != value]
+    # an option left unset (None) takes whatever default the data gave, so it never conflicts with the recorded value
+    changed = [key for key, value in fingerprint(config).items()
+               if key in recorded and key not in ignored and value is not None and recorded[key] != value]
     if changed:
         raise PurifierError(f"{config.out} already holds a bundle trained with other settings ({', '.join(changed)}); "
                             "use another --out, or --restart to train it again")

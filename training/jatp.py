@@ -27,6 +27,7 @@ from evaluation.accuracy import accuracy
 from evaluation.attacks import pgd
 from purifier.bundle import Bundle
 from purifier.models import PURIFIERS, build
+from purifier.models.unet import sized_for
 from purifier.pipeline import Pipeline
 from purifier.transforms import RandomTransform
 from training.common import (
@@ -74,7 +75,7 @@ def train_jatp(config: JatpConfig) -> Bundle:
     """Train a U-Net pre-processor for ``config.classifier``; write classifier + pre-processor as a bundle."""
     seed_everything(config.seed)
     base, data, images, labels = classifier_and_training_data(config)
-    model_config = {"in_channels": data.input_shape[0], "widths": list(config.widths)}
+    model_config = {"in_channels": data.input_shape[0], "widths": list(config.widths)} if config.widths else sized_for(data.input_shape)
     preprocessor = build(PURIFIERS, "unet", model_config)
     classifier = base.classifier().requires_grad_(False)
     prepare(config.precision, classifier, preprocessor)

@@ -15,8 +15,9 @@ from purifier.errors import DataError
 DATASETS = ("fashion-mnist", "cifar10", "folder")
 
 
-def load_dataset(name: str, split: str = "train", data_dir: Path | None = None) -> ImageDataset:
-    """Load ``split`` of data set ``name``; ``data_dir`` overrides the default location."""
+def load_dataset(name: str, split: str = "train", data_dir: Path | None = None, shape: tuple[int, int, int] | None = None) -> ImageDataset:
+    """Load ``split`` of data set ``name``; ``data_dir`` overrides the default location. A folder's images are
+    converted to ``shape`` (C, H, W) when given (a model's input), else to the first image's."""
     if name == "fashion-mnist":
         return load_fashion_mnist(split, data_dir)
     if data_dir is None:
@@ -24,7 +25,7 @@ def load_dataset(name: str, split: str = "train", data_dir: Path | None = None) 
     if name == "cifar10":
         return load_cifar10(data_dir, split)
     if name == "folder":
-        return load_image_folder(data_dir, split)
+        return load_image_folder(data_dir, split, shape)
     raise DataError(f"unknown data set {name!r}; use one of {', '.join(DATASETS)}")
 
 

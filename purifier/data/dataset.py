@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from purifier.errors import DataError
+
 
 @dataclass(frozen=True)
 class ImageDataset:
@@ -31,6 +33,18 @@ class ImageDataset:
         """(C, H, W), the shape a model sees."""
         _, height, width, channels = self.images.shape
         return (channels, height, width)
+
+    def relabelled(self, class_names: tuple[str, ...]) -> "ImageDataset":
+        """The same images with labels indexing ``class_names`` (a model's classes), matched by name: a folder of
+        some of a classifier's classes, in whatever order its sub-folders sort."""
+        if tuple(class_names) == self.class_names:
+            return self
+        unknown = [name for name in self.class_names if name not in class_names]
+        if unknown:
+            raise DataError(f"data classes {', '.join(unknown[:5])} are not among the model's classes ({', '.join(class_names[:10])}"
+                            f"{', …' if len(class_names) > 10 else ''}); name the class folders after the model's classes")
+        mapping = np.array([list(class_names).index(name) for name in self.class_names], dtype=np.int64)
+        return ImageDataset(self.name, self.images, mapping[self.labels], tuple(class_names))
 
     def head(self, count: int | None) -> "ImageDataset":
         """The first ``count`` items (all when ``count`` is None)."""

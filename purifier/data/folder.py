@@ -34,13 +34,14 @@ def _shape_of(path: Path) -> tuple[int, int, int]:
 
 
 def load_image_folder(root: Path, split: str = "train", shape: tuple[int, int, int] | None = None) -> ImageDataset:
-    """Load ROOT/SPLIT/CLASS/* if ROOT/SPLIT exists, else ROOT/CLASS/*.
+    """Load ROOT/SPLIT/CLASS/* if ROOT/SPLIT exists, else ROOT/train/CLASS/* (a tree without a test split is
+    tested on its training images), else ROOT/CLASS/*.
 
     Class names are the sorted sub-folder names. Every image is converted and resized to
     ``shape`` = (C, H, W); by default that of the first image (grey -> 1 channel, else 3).
     """
     root = Path(root)
-    base = root / split if (root / split).is_dir() else root
+    base = next((candidate for candidate in (root / split, root / "train") if candidate.is_dir()), root)
     if not base.is_dir():
         raise DataError(f"image folder {root} does not exist; pass --data-dir ROOT with one sub-folder of images per class")
     classes = sorted(d.name for d in base.iterdir() if d.is_dir())

@@ -8,10 +8,11 @@ from torch import nn
 
 from purifier.models.flow import Glow
 from purifier.models.identity import Identity
+from purifier.models.imported import ImportedClassifier
 from purifier.models.resnet import ResNetSmall
 from purifier.models.unet import UNet
 
-CLASSIFIERS: dict[str, type[nn.Module]] = {"resnet_small": ResNetSmall}
+CLASSIFIERS: dict[str, type[nn.Module]] = {"resnet_small": ResNetSmall, "onnx": ImportedClassifier}
 PURIFIERS: dict[str, type[nn.Module]] = {"unet": UNet, "identity": Identity}
 FLOWS: dict[str, type[nn.Module]] = {"glow": Glow}
 
