@@ -31,6 +31,9 @@ def behind_purifier(purifier_side: onnx.ModelProto, classifier: ImportedClassifi
     front, back = _at_opset(front, opset), _at_opset(back, opset)
     front.ir_version = back.ir_version = max(front.ir_version, back.ir_version)
     merged = onnx.compose.merge_models(front, back, io_map=[(_HANDOVER, "classifier/image")])
+    opsets = {entry.domain or "": entry.version for entry in merged.opset_import}  # merge_models lists a shared domain twice
+    del merged.opset_import[:]
+    merged.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in opsets.items())
     outputs = {output.name: output for output in merged.graph.output}
     del merged.graph.output[:]
     merged.graph.output.extend([outputs["logits"], outputs["purified"]])

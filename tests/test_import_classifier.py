@@ -83,6 +83,9 @@ def test_purifiers_trained_for_it_export_serve_purify_and_evaluate(imported, cif
         assert user_nodes <= {node.op_type for node in graph.graph.node if node.name.startswith("classifier/")}
         assert [output.name for output in graph.graph.output] == ["logits", "purified"]
 
+    main(["quantize", str(atop), "--calibration-images", "20", "--robust-images", "10", "--steps", "2", "--eot", "1"])  # INT8, joined graphs too
+    assert "onnx_int8" in load_bundle(atop).manifest["exports"]
+
     main(["purify", str(cifar["data"] / "test"), str(tmp_path / "purified"), "--bundle", str(atop)])
     lines = (tmp_path / "purified" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 20 and all(json.loads(line)["label"] in CIFAR10_CLASSES for line in lines)
