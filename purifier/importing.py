@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -89,10 +91,13 @@ def _build_factory(factory: str, weights: Path) -> torch.nn.Module:
     module_name, _, function_name = factory.partition(":")
     if not module_name or not function_name:
         raise PurifierError(f"{factory!r} is not a factory; write it as package.module:function")
+    sys.path.insert(0, os.getcwd())  # as `python -m` does: a package in the working directory is found
     try:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
-        raise PurifierError(f"cannot import {factory} ({error}); put its package on PYTHONPATH") from None
+        raise PurifierError(f"cannot import {factory} ({error}); run from the directory that holds its package, or put it on PYTHONPATH") from None
+    finally:
+        sys.path.remove(os.getcwd())
     model = function()
     if not isinstance(model, torch.nn.Module):
         raise PurifierError(f"{factory}() returned {type(model).__name__}, not a torch.nn.Module")

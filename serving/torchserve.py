@@ -239,7 +239,8 @@ def announce(server: Server, bundle: Bundle) -> None:
         print(f"  purify only: {server.prediction_url(server.purify_model)}")
     print(f"  metrics:     {server.metrics_url}/metrics")
     print(f"  logs:        {state_dir() / 'logs'}")
-    print(f"  try:         {server.curl_line()}")
+    # the bundled example images are 28×28 Fashion-MNIST; for a bundle of other images the user names one of theirs
+    print(f"  try:         {server.curl_line() if bundle.input_shape == (1, 28, 28) else server.curl_line(Path('YOUR_IMAGE.png'))}")
     print("  stop with:   purifier serve --stop", flush=True)
 
 
