@@ -76,6 +76,11 @@ def _export(args: argparse.Namespace) -> None:
 
         build_bundle_engines(args.bundle, args.tensorrt)
         return
+    if args.fp16:
+        from export.float16 import export_float16
+
+        export_float16(args.bundle, seed=args.seed)
+        return
     from export.onnx import export_bundle
 
     export_bundle(args.bundle, tolerance=args.tolerance, seed=args.seed)
@@ -222,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("bundle", type=Path)
     export.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed between ONNX Runtime and PyTorch")
     export.add_argument("--seed", type=int, default=0)
-    export.add_argument("--tensorrt", choices=("fp16", "int8"), help="build TensorRT engines from the ONNX graphs (NVIDIA GPU with TensorRT only)")
+    export.add_argument("--fp16", action="store_true", help="after the ONNX export: FP16 graphs (onnx/NAME.fp16.onnx), checked against float on the CPU")
+    export.add_argument("--tensorrt", choices=("fp16", "int8"), help="build TensorRT 11 engines from the FP16 graphs (made first when missing) or from "
+                        "the INT8 Q/DQ graphs of 'purifier quantize' (NVIDIA GPU with TensorRT only)")
     export.set_defaults(func=_export)
 
     quantize = commands.add_parser("quantize", help="static INT8 ONNX graphs, with float-vs-INT8 clean and robust accuracy")

@@ -1,24 +1,27 @@
-"""TensorRT engines built from a bundle's ONNX graphs through TensorRT's Python API (TensorRT 10).
+"""TensorRT engines built from a bundle's ONNX graphs through TensorRT 11's Python API (strongly typed networks).
 
-    purifier export BUNDLE --tensorrt fp16|int8      (after the ONNX export; needs an NVIDIA GPU)
+    purifier export BUNDLE --tensorrt fp16|int8      (after the ONNX export; needs an NVIDIA GPU and TensorRT 11)
 
-Each graph is parsed with ``trt.OnnxParser``, given one optimisation profile over the batch
-axis (1, ``opt_batch``, ``max_batch``) and built with ``builder.build_serialized_network``:
-FP16 with ``BuilderFlag.FP16``; INT8 with ``BuilderFlag.INT8`` and an entropy calibrator fed
-training images through the bundle's random transform (the classifier also on purified
-images), as in quantize.py. Engines are written to ``BUNDLE/tensorrt/NAME.PRECISION.engine``
-and listed in bundle.json. Device buffers are torch CUDA tensors, so no pycuda is needed.
+TensorRT 11 removed the weak-typing builder flags (``BuilderFlag.FP16``, ``BuilderFlag.INT8``) and the INT8
+calibrator: every network is strongly typed, its precision is the graph's. So the engines are built from graphs
+that already carry it:
 
-Never run on the machine this project was written on: TensorRT's runtime libraries cannot be
-installed there and it has no GPU. Everything here follows TensorRT's documented Python API.
+- fp16: the FP16 graphs of ``export/float16.py`` (``exports.onnx_fp16``, written first when missing);
+- int8: the explicit Q/DQ graphs of ``purifier quantize`` (``exports.onnx_int8``), refused until they exist.
+
+Each graph is parsed with ``trt.OnnxParser`` into ``builder.create_network()`` (strongly typed), given one
+optimisation profile over the batch axis (1, ``opt_batch``, ``max_batch``) and built with
+``builder.build_serialized_network``. Engines are written atomically to ``BUNDLE/tensorrt/NAME.PRECISION.engine`` and
+listed in bundle.json. ``sealed.onnx`` (random operators in the graph) is not built: it is the graph for other servers.
+
+Never run on the machine this project was written on: TensorRT's runtime libraries cannot be installed there and it
+has no GPU. Everything here follows TensorRT 11's documented Python API; the FP16 conversion and its check, and every
+refusal before TensorRT is needed, are tested on the CPU.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from purifier.bundle import Bundle, load_bundle, update_manifest
 from purifier.errors import PurifierError
@@ -26,43 +29,16 @@ from purifier.fsutil import atomic_write_bytes
 from serving.runtime import import_tensorrt
 
 PRECISIONS = ("fp16", "int8")
+SOURCES = {"fp16": "onnx_fp16", "int8": "onnx_int8"}  # which exports entry of bundle.json holds each precision's graphs
 ENGINE_DIR = "tensorrt"
 
 
-def _calibrator(trt, feeds: list[dict[str, np.ndarray]], cache: Path):
-    """An IInt8EntropyCalibrator2 that hands TensorRT one calibration batch per call, from GPU memory."""
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            super().__init__()
-            self._batches, self._device = iter(feeds), {}
-
-        def get_batch_size(self) -> int:
-            return len(next(iter(feeds[0].values())))
-
-        def get_batch(self, names):
-            batch = next(self._batches, None)
-            if batch is None:
-                return None
-            self._device = {name: torch.from_numpy(batch[name]).cuda().contiguous() for name in names}
-            return [self._device[name].data_ptr() for name in names]
-
-        def read_calibration_cache(self):
-            return cache.read_bytes() if cache.exists() else None
-
-        def write_calibration_cache(self, data) -> None:
-            atomic_write_bytes(cache, bytes(data))
-
-    return Calibrator()
-
-
-def build_engine(onnx_path: Path, engine_path: Path, precision: str, feeds: list[dict[str, np.ndarray]] | None = None,
-                 opt_batch: int = 32, max_batch: int = 256) -> None:
-    """Parse ``onnx_path``, build a ``precision`` engine with a dynamic batch profile, write it to ``engine_path``."""
+def build_engine(onnx_path: Path, engine_path: Path, opt_batch: int = 32, max_batch: int = 256) -> None:
+    """Parse ``onnx_path`` into a strongly typed network, build it with a dynamic batch profile, write it to ``engine_path``."""
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network()  # strongly typed: TensorRT 11 has no other kind
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
         errors = "; ".join(str(parser.get_error(index)) for index in range(parser.num_errors))
@@ -74,37 +50,38 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, feeds: list
         sample = tuple(tensor.shape)[1:]
         profile.set_shape(tensor.name, (1, *sample), (opt_batch, *sample), (max_batch, *sample))
     config.add_optimization_profile(profile)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.set_calibration_profile(profile)
-        config.int8_calibrator = _calibrator(trt, feeds or [], engine_path.with_suffix(".calibration"))
-    else:
-        raise PurifierError(f"unknown TensorRT precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise PurifierError(f"TensorRT failed to build an engine from {onnx_path}; see the log above")
     atomic_write_bytes(engine_path, bytes(serialized))
 
 
-def build_bundle_engines(bundle_path: Path, precision: str, calibration_images: int = 512) -> Bundle:
-    """Build an engine per exported graph of the bundle and record them in bundle.json."""
-    import_tensorrt()
-    from export.quantize import calibration_feeds
-
-    bundle = load_bundle(bundle_path)
-    graphs = (bundle.manifest.get("exports") or {}).get("onnx", {}).get("graphs")
-    if not graphs:
+def _check_sources(bundle: Bundle, precision: str) -> None:
+    """Refuse, before TensorRT is needed, a bundle that has no graphs to build ``precision`` engines from."""
+    if precision not in PRECISIONS:
+        raise PurifierError(f"unknown TensorRT precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    exports = bundle.manifest.get("exports") or {}
+    if "onnx" not in exports:
         raise PurifierError(f"bundle {bundle.path} has no ONNX export; run 'purifier export {bundle.path}' first")
-    feeds = {}
-    if precision == "int8":
-        feeds = calibration_feeds(bundle, bundle.data("train").head(calibration_images).tensors()[0].numpy())
+    if precision == "int8" and SOURCES["int8"] not in exports:
+        raise PurifierError(f"TensorRT 11 builds INT8 engines from explicit Q/DQ graphs; run 'purifier quantize {bundle.path}' first")
+
+
+def build_bundle_engines(bundle_path: Path, precision: str) -> Bundle:
+    """Build an engine per graph of ``precision`` (FP16 graphs made first when missing) and record them in bundle.json."""
+    bundle = load_bundle(bundle_path)
+    _check_sources(bundle, precision)
+    import_tensorrt()
+    if SOURCES[precision] not in bundle.manifest["exports"]:
+        from export.float16 import export_float16
+
+        bundle = export_float16(bundle.path)
+    graphs = {stage: record for stage, record in bundle.manifest["exports"][SOURCES[precision]]["graphs"].items() if stage != "sealed"}
     (bundle.path / ENGINE_DIR).mkdir(exist_ok=True)
     records = {}
     for stage, record in graphs.items():
         engine = f"{ENGINE_DIR}/{stage}.{precision}.engine"
-        build_engine(bundle.file(record["file"]), bundle.path / engine, precision, feeds.get(stage))
-        records[stage] = {"file": engine, "inputs": record["inputs"], "outputs": record["outputs"]}
+        build_engine(bundle.file(record["file"]), bundle.path / engine)
+        records[stage] = {"file": engine, "inputs": record["inputs"], "outputs": record["outputs"], "built_from": record["file"]}
     return update_manifest(bundle, lambda manifest: manifest["exports"].update({f"tensorrt_{precision}": {"graphs": records}}),
                            [record["file"] for record in records.values()])

@@ -117,8 +117,8 @@ def import_tensorrt():
 class TensorRTRuntime(Runtime):
     """The engines of ``purifier export --tensorrt PRECISION`` on an NVIDIA GPU; I/O buffers are torch CUDA tensors.
 
-    Written against TensorRT 10's documented Python API and never run: this project's machine
-    has neither a GPU nor TensorRT's runtime libraries.
+    Written against TensorRT's documented name-based Python API (10.x, unchanged in 11.x) and never run: this
+    project's machine has neither a GPU nor TensorRT's runtime libraries.
     """
 
     name, precision = "tensorrt-fp16", "fp16"

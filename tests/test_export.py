@@ -59,13 +59,14 @@ def test_onnx_runtime_needs_an_export(tiny_bundle):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
-def test_tensorrt_export_without_tensorrt_says_so_and_writes_nothing(tiny_bundle, tmp_path, capsys):
+def test_tensorrt_export_without_tensorrt_says_so_and_writes_nothing(exported, tmp_path, capsys):
     target = tmp_path / "engines"
-    shutil.copytree(tiny_bundle.path, target)
+    shutil.copytree(exported.path, target)
     with pytest.raises(SystemExit) as stopped:
         main(["export", str(target), "--tensorrt", "fp16"])
     assert stopped.value.code != 0 and "TensorRT is not installed" in capsys.readouterr().err
-    assert not (target / "tensorrt").exists() and (target / "bundle.json").read_bytes() == (tiny_bundle.path / "bundle.json").read_bytes()
+    assert not (target / "tensorrt").exists() and not list((target / "onnx").glob("*.fp16.onnx"))
+    assert (target / "bundle.json").read_bytes() == (exported.path / "bundle.json").read_bytes()
 
 
 def test_sealed_graph_draws_the_transform_with_the_right_statistics(exported, tmp_path):
@@ -109,3 +110,31 @@ def test_sealed_graph_agrees_with_pytorch_over_many_draws(tmp_path, fmnist_test)
     accuracy = {name: float((prediction == labels.numpy()).mean()) for name, prediction in (("onnx", sealed), ("torch", first))}
     assert abs(accuracy["onnx"] - accuracy["torch"]) < 0.03, accuracy
     assert (sealed == first).mean() >= (first == second).mean() - 0.03
+
+
+def test_fp16_graphs_agree_with_float_on_real_images_in_onnx_runtime(exported, fmnist_test, tmp_path):
+    """What TensorRT 11's FP16 engines are built from, checked here on the CPU: recorded figures, and real test images."""
+    import onnxruntime
+
+    target = tmp_path / "fp16"
+    shutil.copytree(exported.path, target)
+    main(["export", str(target), "--fp16"])
+    bundle = load_bundle(target)
+    graphs = bundle.manifest["exports"]["onnx_fp16"]["graphs"]
+    assert set(graphs) == {"classifier", "purifier", "pipeline"}
+    assert graphs["pipeline"]["max_abs_diff_logits"] <= 0.05 and graphs["pipeline"]["argmax_agreement"] >= 0.98
+    images = fmnist_test.head(256).tensors()[0].numpy()
+    mask, noise = bundle.transform.sample(len(images), bundle.input_shape, np.random.default_rng(1))
+    feeds = {"image": images, "mask": mask, "noise": noise}
+    half = onnxruntime.InferenceSession(str(bundle.file(graphs["pipeline"]["file"])), providers=["CPUExecutionProvider"])
+    assert [value.type for value in half.get_inputs()] == ["tensor(float)"] * 3  # the runtimes feed float32 as before
+    half_logits, half_purified = half.run(None, feeds)
+    logits, purified = OnnxRuntime(bundle).pipeline(images, mask, noise)
+    assert (half_logits.argmax(1) == logits.argmax(1)).mean() >= 0.98 and np.abs(half_purified - purified).max() < 0.01
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_tensorrt_int8_needs_the_quantized_graphs_first(exported, capsys):
+    with pytest.raises(SystemExit):
+        main(["export", str(exported.path), "--tensorrt", "int8"])
+    assert "run 'purifier quantize" in capsys.readouterr().err
