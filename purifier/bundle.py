@@ -2,6 +2,7 @@
 
     BUNDLE/bundle.json              manifest (schema below), written last
     BUNDLE/classifier.safetensors   classifier weights (never pickle)
+    BUNDLE/classifier.onnx          instead, for a classifier brought by ``purifier import-classifier``: its ONNX graph
     BUNDLE/purifier.safetensors     purifier weights, when the bundle has a purifier
     BUNDLE/onnx/*.onnx              exports, added by ``purifier export``
 
