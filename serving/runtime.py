@@ -40,6 +40,7 @@ class OnnxRuntime(Runtime):
     name = "onnxruntime"
     providers: tuple[str, ...] = ("CPUExecutionProvider",)  # in ONNX Runtime's order of preference
     export = "onnx"  # which exports entry of bundle.json holds the graphs
+    on_gpu = False  # CUDA providers: CUDA libraries preloaded, outputs bound on the device and copied back once
 
     def __init__(self, bundle: Bundle, threads: int = 0, spinning: bool = False, basic_optimisation: bool = False) -> None:
         """``spinning`` and ``basic_optimisation`` exist for benchmarks/runtimes.py, which measures what the defaults buy."""
@@ -53,6 +54,8 @@ class OnnxRuntime(Runtime):
         if missing:
             raise PurifierError(f"runtime {self.name} needs ONNX Runtime's {', '.join(missing)}, which this installation lacks "
                                 f"(available: {', '.join(onnxruntime.get_available_providers())}); install onnxruntime-gpu or use --runtime onnxruntime")
+        if self.on_gpu and hasattr(onnxruntime, "preload_dlls"):
+            onnxruntime.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels a CUDA torch installs, when the system has none
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         levels = onnxruntime.GraphOptimizationLevel
@@ -70,17 +73,28 @@ class OnnxRuntime(Runtime):
         self._pipeline, self._classifier = session("pipeline"), session("classifier")
         self._purifier = session("purifier") if "purifier" in graphs else None
 
+    def _run(self, session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not self.on_gpu:
+            return session.run(None, feeds)
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for output in session.get_outputs():
+            binding.bind_output(output.name, "cuda")
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
     def purify(self, image, mask, noise):
         if self._purifier is None:
             return image
-        return self._purifier.run(None, {"image": image, "mask": mask, "noise": noise})[0]
+        return self._run(self._purifier, {"image": image, "mask": mask, "noise": noise})[0]
 
     def pipeline(self, image, mask, noise):
-        logits, purified = self._pipeline.run(None, {"image": image, "mask": mask, "noise": noise})
+        logits, purified = self._run(self._pipeline, {"image": image, "mask": mask, "noise": noise})
         return logits, purified
 
     def classifier(self, image):
-        return self._classifier.run(None, {"image": image})[0]
+        return self._run(self._classifier, {"image": image})[0]
 
 
 class OnnxInt8Runtime(OnnxRuntime):
@@ -93,6 +107,7 @@ class OnnxInt8Runtime(OnnxRuntime):
 class OnnxCudaRuntime(OnnxRuntime):
     name = "onnxruntime-cuda"
     providers = ("CUDAExecutionProvider",)
+    on_gpu = True
 
 
 class OnnxTensorrtRuntime(OnnxRuntime):
@@ -100,6 +115,7 @@ class OnnxTensorrtRuntime(OnnxRuntime):
 
     name = "onnxruntime-tensorrt"
     providers = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    on_gpu = True
 
 
 def import_tensorrt():
@@ -169,30 +185,43 @@ class TensorRTInt8Runtime(TensorRTRuntime):
 
 
 class TorchRuntime(Runtime):
-    name = "torch"
+    """The bundle's PyTorch modules, the reference; ``torch-cuda`` runs them on the GPU PyTorch sees first
+    (choose it with CUDA_VISIBLE_DEVICES)."""
+
+    name, device = "torch", "cpu"
 
     def __init__(self, bundle: Bundle, threads: int = 0) -> None:
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise PurifierError(f"runtime {self.name} needs a CUDA GPU, and PyTorch sees none here (a CPU build, or no driver); use --runtime torch")
         if threads:
             torch.set_num_threads(threads)
-        self._model = bundle.pipeline()
+        self._model = bundle.pipeline().to(self.device)
+
+    def _tensors(self, *arrays: np.ndarray) -> list[torch.Tensor]:
+        return [torch.from_numpy(array).to(self.device) for array in arrays]
 
     @torch.no_grad()
     def purify(self, image, mask, noise):
-        return self._model.purify_with(*(torch.from_numpy(a) for a in (image, mask, noise))).numpy()
+        return self._model.purify_with(*self._tensors(image, mask, noise)).cpu().numpy()
 
     @torch.no_grad()
     def pipeline(self, image, mask, noise):
-        logits, purified = self._model.forward_with(*(torch.from_numpy(a) for a in (image, mask, noise)))
-        return logits.numpy(), purified.numpy()
+        logits, purified = self._model.forward_with(*self._tensors(image, mask, noise))
+        return logits.cpu().numpy(), purified.cpu().numpy()
 
     @torch.no_grad()
     def classifier(self, image):
-        return self._model.classifier(torch.from_numpy(image)).numpy()
+        return self._model.classifier(*self._tensors(image)).cpu().numpy()
+
+
+class TorchCudaRuntime(TorchRuntime):
+    name, device = "torch-cuda", "cuda"
 
 
 RUNTIMES: dict[str, type[Runtime]] = {
     "onnxruntime": OnnxRuntime, "onnxruntime-int8": OnnxInt8Runtime, "onnxruntime-cuda": OnnxCudaRuntime,
     "onnxruntime-tensorrt": OnnxTensorrtRuntime, "tensorrt-fp16": TensorRTRuntime, "tensorrt-int8": TensorRTInt8Runtime, "torch": TorchRuntime,
+    "torch-cuda": TorchCudaRuntime,
 }
 
 

@@ -6,6 +6,7 @@ import importlib.util
 
 import onnxruntime
 import pytest
+import torch
 
 from purifier.assets import CHECKOUT_BUNDLES
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
@@ -35,6 +36,12 @@ def test_int8_runtime_without_quantized_graphs_says_how_to_make_them():
 def test_gpu_runtimes_without_their_provider_are_refused(bundle, name, provider):
     with pytest.raises(PurifierError, match=provider):
         create_runtime(bundle, name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="PyTorch sees a CUDA GPU here")
+def test_torch_on_cuda_without_a_gpu_is_refused(bundle):
+    with pytest.raises(PurifierError, match="needs a CUDA GPU"):
+        create_runtime(bundle, "torch-cuda")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
