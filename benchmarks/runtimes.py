@@ -1,14 +1,22 @@
 """Every runtime that can run here, at batch 1, 8, 64 and 256, against the machine's own peak.
 
-In one run: the float32 matrix-multiply peak of this machine (PyTorch, 2048² matmul, best of
-several), the FLOPs per image of the bundle's fused pipeline graph (counted from the ONNX graph:
-2·MACs of every Conv and Gemm), and images/s of the pipeline (random transform drawn per
-image) in PyTorch eager, ONNX Runtime with the project's settings, ONNX Runtime variants (one
-thread; threads spinning when idle; basic graph optimisation only; I/O binding) and, with ``--int8``, the
-INT8 graphs of ``purifier quantize`` made in a temporary copy. Achieved GFLOP/s and the
-fraction of the matmul peak follow. Prints a table, writes JSON.
+In one run: the CPU's matrix units (AMX, AVX-512 BF16 and VNNI flags), the matrix-multiply peaks
+of this machine (2048², best of several: float32 and bfloat16 in PyTorch, int8 in ONNX Runtime's
+MatMulInteger), the FLOPs per image of the bundle's fused pipeline graph (counted from the ONNX
+graph: 2·MACs of every Conv and Gemm), and images/s of the pipeline (random transform drawn per
+image) in PyTorch eager (float32, and bfloat16 through oneDNN: ``torch-bf16``), ONNX Runtime with
+the project's settings, ONNX Runtime variants (one thread; threads spinning when idle; basic graph
+optimisation only; I/O binding) and, with ``--int8``, the INT8 graphs of ``purifier quantize`` made
+in a temporary copy. Achieved GFLOP/s and the fraction of the float32 peak follow, and the goal
+of issue 22: the best runtime at ≥ 80% of that peak with clean accuracy within 1 point of float32
+(every runtime classifies the same test images under the same random-transform draws).
 
-    python benchmarks/runtimes.py [--bundle B] [--int8] [--out benchmarks/results/runtimes.json]
+Which kernels run: oneDNN names its implementation per convolution (``ONEDNN_VERBOSE``, read in a
+child process): ``avx512_core_amx`` means AMX tiles. ONNX Runtime's int8 kernels (MLAS) name none,
+so the int8 GEMM's rate stands in: AVX-512 VNNI does at most 4 int8 multiply-adds per float32 one,
+AMX 32, so int8 above 6× the float32 peak is AMX at work. Prints a table, writes JSON.
+
+    python benchmarks/runtimes.py [--bundle B] [--int8] [--images 2000] [--out benchmarks/results/runtimes.json]
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,16 +37,54 @@ import onnx
 import torch
 
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
-from serving.runtime import OnnxInt8Runtime, OnnxRuntime, TorchRuntime
+from serving.runtime import OnnxInt8Runtime, OnnxRuntime, TorchBf16Runtime, TorchRuntime
 
 BATCHES = (1, 8, 64, 256)
+MATRIX_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f")
+AMX_INT8_OVER_FP32 = 6.0  # int8 GEMM faster than this many times the float32 one: only AMX does that
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.rand(size, size), torch.rand(size, size)
+def cpu_matrix_flags() -> dict[str, bool]:
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return {flag: flag in flags for flag in MATRIX_FLAGS}
+
+
+def matmul_peak_gflops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.rand(size, size).to(dtype), torch.rand(size, size).to(dtype)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
+
+
+def int8_matmul_peak_gops(size: int = 2048, repeats: int = 10) -> float:
+    """uint8 × int8 → int32 in ONNX Runtime (MatMulInteger, the kernel family its QDQ convolutions use)."""
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(-128, 128, (size, size), dtype=np.int8), "b")
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_matmul",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [size, size])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a = rng.integers(0, 256, (size, size), dtype=np.uint8)
+    session.run(None, {"a": a})
+    best = min(_timed(lambda: session.run(None, {"a": a})) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def onednn_convolutions(bundle_path: Path) -> list[str]:
+    """The oneDNN implementations (e.g. ``brg_conv_fwd:avx512_core_amx``) of torch-bf16's convolutions, from ONEDNN_VERBOSE."""
+    child = ("import sys, numpy as np; from purifier.bundle import load_bundle; from serving.runtime import create_runtime; "
+             "b = load_bundle(sys.argv[1]); r = create_runtime(b, 'torch-bf16'); x = np.zeros((8, *b.input_shape), np.float32); "
+             "r.pipeline(x, *b.transform.sample(8, b.input_shape, np.random.default_rng(0)))")
+    lines = subprocess.run([sys.executable, "-c", child, str(bundle_path)], env={**os.environ, "ONEDNN_VERBOSE": "1"},
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    return sorted({fields[6] for fields in (line.split(",") for line in lines) if len(fields) > 6 and fields[2:6] == ["primitive", "exec", "cpu", "convolution"]})
 
 
 def _timed(function) -> float:
@@ -77,6 +125,16 @@ class _IoBound(OnnxRuntime):
         return logits, purified
 
 
+def clean_accuracy(runtime, bundle, images: np.ndarray, labels: np.ndarray, batch: int = 256) -> float:
+    """Accuracy of the pipeline on real test images, under random-transform draws that depend only on the batch's position."""
+    correct = 0
+    for start in range(0, len(images), batch):
+        image = images[start:start + batch]
+        mask, noise = bundle.transform.sample(len(image), bundle.input_shape, np.random.default_rng(start))
+        correct += int((runtime.pipeline(image, mask, noise)[0].argmax(1) == labels[start:start + batch]).sum())
+    return correct / len(images)
+
+
 def images_per_s(runtime, bundle, batch: int, seconds: float = 1.5) -> float:
     rng = np.random.default_rng(0)
     image = rng.random((batch, *bundle.input_shape), dtype=np.float32)
@@ -93,13 +151,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     parser.add_argument("--int8", action="store_true", help="also quantize a temporary copy and measure its INT8 graphs")
+    parser.add_argument("--images", type=int, default=2000, help="test images for each runtime's clean accuracy")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/runtimes.json"))
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
-    peak = matmul_peak_gflops()
+    flags = cpu_matrix_flags()
+    peaks = {"fp32": matmul_peak_gflops(), "bf16": matmul_peak_gflops(torch.bfloat16), "int8": int8_matmul_peak_gops()}
+    peak = peaks["fp32"]
     flops = graph_flops_per_image(bundle.file(bundle.manifest["exports"]["onnx"]["graphs"]["pipeline"]["file"]))
     runtimes = {
         "torch eager": TorchRuntime(bundle),
+        "torch bf16 (oneDNN)": TorchBf16Runtime(bundle),
         "onnxruntime (project settings)": OnnxRuntime(bundle),
         "onnxruntime, 1 thread": OnnxRuntime(bundle, threads=1),
         "onnxruntime, spinning threads": OnnxRuntime(bundle, spinning=True),
@@ -114,17 +176,39 @@ def main() -> None:
         shutil.copytree(bundle.path, scratch)
         runtimes["onnxruntime int8"] = OnnxInt8Runtime(quantize_bundle(scratch, robust_images=0))
     results = {name: {batch: images_per_s(runtime, bundle, batch) for batch in BATCHES} for name, runtime in runtimes.items()}
+    test = bundle.data("test").head(args.images)
+    images, labels = (array.numpy() for array in test.tensors())
+    accuracy = {name: clean_accuracy(runtime, bundle, images, labels) for name, runtime in runtimes.items()}
     if scratch:
         shutil.rmtree(scratch.parent)
-    print(f"matmul peak {peak:.1f} GFLOP/s; pipeline {flops / 1e9:.3f} GFLOP per image")
+    kernels = onednn_convolutions(bundle.path)
+    amx_int8_evident = peaks["int8"] > AMX_INT8_OVER_FP32 * peak
+    float_accuracy = accuracy["onnxruntime (project settings)"]
+    best_name, best_batch = max(((name, b) for name in results for b in BATCHES), key=lambda nb: results[nb[0]][nb[1]])
+    best_fraction = results[best_name][best_batch] * flops / 1e9 / peak
+    goal_met = best_fraction >= 0.8 and abs(accuracy[best_name] - float_accuracy) <= 0.01
+    print("CPU matrix units: " + ", ".join(flag for flag, present in flags.items() if present))
+    print(f"matmul peaks: fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s, int8 {peaks['int8']:.1f} GOP/s "
+          f"({peaks['int8'] / peak:.1f}× fp32: {'AMX at work' if amx_int8_evident else 'no AMX'} in ONNX Runtime's int8 GEMM); "
+          f"pipeline {flops / 1e9:.3f} GFLOP per image")
+    print(f"oneDNN convolutions of torch-bf16: {', '.join(kernels)}")
     print("| runtime | " + " | ".join(f"batch {b} img/s (GFLOP/s, % of peak)" for b in BATCHES) + " |")
     print("|---|" + "---|" * len(BATCHES))
     for name, row in results.items():
         print(f"| {name} | " + " | ".join(f"{row[b]:.0f} ({row[b] * flops / 1e9:.1f}, {row[b] * flops / 1e9 / peak:.0%})" for b in BATCHES) + " |")
+    print(f"clean accuracy on {len(images)} test images: " + ", ".join(f"{name} {value:.2%}" for name, value in accuracy.items()))
+    print(f"best: {best_name} at batch {best_batch}, {best_fraction:.0%} of the fp32 peak, accuracy {accuracy[best_name] - float_accuracy:+.2%} "
+          f"vs float: goal (≥ 80%, within 1 point) {'met' if goal_met else 'missed'}")
     eager, ort = results["torch eager"], results["onnxruntime (project settings)"]
     report = {
-        "bundle": bundle.name, "machine": f"{platform.machine()}, {os.cpu_count()} cpus", "torch_threads": torch.get_num_threads(),
-        "matmul_peak_gflops": round(peak, 1), "pipeline_gflop_per_image": round(flops / 1e9, 4),
+        "bundle": bundle.name, "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cpus",
+        "cpu_matrix_flags": flags, "torch_threads": torch.get_num_threads(),
+        "matmul_peak_gflops": round(peak, 1), "matmul_peaks_gops": {name: round(value, 1) for name, value in peaks.items()},
+        "amx_int8_evident_in_onnxruntime": amx_int8_evident, "onednn_bf16_convolutions": kernels,
+        "pipeline_gflop_per_image": round(flops / 1e9, 4),
+        "clean_accuracy": {"images": len(images), **{name: round(value, 4) for name, value in accuracy.items()}},
+        "best": {"runtime": best_name, "batch": best_batch, "fraction_of_fp32_peak": round(best_fraction, 3),
+                 "accuracy_vs_float": round(accuracy[best_name] - float_accuracy, 4), "goal_met": goal_met},
         "images_per_s": {name: {str(b): round(v, 1) for b, v in row.items()} for name, row in results.items()},
         "fraction_of_peak": {name: {str(b): round(v * flops / 1e9 / peak, 3) for b, v in row.items()} for name, row in results.items()},
         "onnxruntime_over_eager": {str(b): round(ort[b] / eager[b], 2) for b in BATCHES},

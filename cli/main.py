@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--seed", type=int, help="seed the random transform, for reproducible debugging only (default: OS entropy; a known seed lets an attacker predict the masks)")
     serve.add_argument("--runtime", default=os.environ.get("PURIFIER_RUNTIME", "onnxruntime"),
                        help="engine: onnxruntime (CPU, default; env PURIFIER_RUNTIME), onnxruntime-int8 (after 'purifier quantize'), "
-                            "onnxruntime-cuda / onnxruntime-tensorrt (NVIDIA GPU, needs onnxruntime-gpu; the second also TensorRT), tensorrt-fp16 / tensorrt-int8 (after 'purifier export --tensorrt'), torch (the PyTorch reference) or torch-cuda (on the GPU, chosen by CUDA_VISIBLE_DEVICES)")
+                            "onnxruntime-cuda / onnxruntime-tensorrt (NVIDIA GPU, needs onnxruntime-gpu; the second also TensorRT), tensorrt-fp16 / tensorrt-int8 (after 'purifier export --tensorrt'), torch (the PyTorch reference), torch-bf16 (CPU, bfloat16 through oneDNN: "
+                            "AMX or AVX-512 BF16) or torch-cuda; a GPU engine takes the GPU's index after a colon, e.g. torch-cuda:1 (default 0)")
     serve.add_argument("--batch-size", type=int, default=32, help="dynamic batching: most requests handled in one batch (default 32)")
     serve.add_argument("--max-batch-delay", type=int, default=1, help="dynamic batching: most milliseconds a request waits for others (default 1)")
     serve.add_argument("--certify-samples", type=int, help="certify=true requests: estimation draws n per image (default 256: about 100 ms "

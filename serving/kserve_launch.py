@@ -34,6 +34,9 @@ def serve_kserve(bundle_path: Path | None = None, port: int = 8080, foreground: 
     if importlib.util.find_spec("kserve") is None:
         raise PurifierError("the KServe front needs the kserve package: pip install 'adversarial-purifier[kserve]' (scripts/bootstrap.sh "
                             "test installs it)")
+    from serving.runtime import parse_runtime  # imports torch: only when starting a server
+
+    parse_runtime(runtime)  # a misspelt engine is refused here, not in the front's process
     bundle = load_bundle(bundle_path)
     if not (bundle.manifest.get("exports") or {}).get("onnx"):
         from export.onnx import export_bundle

@@ -1,8 +1,9 @@
 """One interface over the engines that can run a bundle's pipeline.
 
 ``onnxruntime`` (default) runs the bundle's exported ONNX graphs on the CPU; ``torch`` runs
-the PyTorch modules and is the reference. Asking for an engine that cannot run gives a
-PurifierError that says why; there is no silent fallback.
+the PyTorch modules and is the reference. A GPU engine takes the GPU's index after a colon
+(``torch-cuda:1``; default 0). Asking for an engine that cannot run gives a PurifierError that
+says why; there is no silent fallback.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ class Runtime(ABC):
     """Runs g(t(x)), f(x) and the fused f(g(t(x))) on float32 NCHW batches; mask and noise come from the caller."""
 
     name: str
+    on_gpu = False  # a GPU engine: takes a device index (``NAME:INDEX``); ONNX Runtime's then preloads the CUDA
+    # libraries and binds outputs on the device, copied back once
 
     @abstractmethod
     def purify(self, image: np.ndarray, mask: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -40,9 +43,8 @@ class OnnxRuntime(Runtime):
     name = "onnxruntime"
     providers: tuple[str, ...] = ("CPUExecutionProvider",)  # in ONNX Runtime's order of preference
     export = "onnx"  # which exports entry of bundle.json holds the graphs
-    on_gpu = False  # CUDA providers: CUDA libraries preloaded, outputs bound on the device and copied back once
 
-    def __init__(self, bundle: Bundle, threads: int = 0, spinning: bool = False, basic_optimisation: bool = False) -> None:
+    def __init__(self, bundle: Bundle, threads: int = 0, device_index: int = 0, spinning: bool = False, basic_optimisation: bool = False) -> None:
         """``spinning`` and ``basic_optimisation`` exist for benchmarks/runtimes.py, which measures what the defaults buy."""
         import onnxruntime
 
@@ -67,8 +69,11 @@ class OnnxRuntime(Runtime):
         # batch 1 (about 1,750 vs 1,150 images/s) and equal at batch 64.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
 
+        self._device_index = device_index
+        providers = [(provider, {"device_id": device_index}) if self.on_gpu else provider for provider in self.providers]
+
         def session(stage: str):
-            return onnxruntime.InferenceSession(str(bundle.file(graphs[stage]["file"])), options, providers=list(self.providers))
+            return onnxruntime.InferenceSession(str(bundle.file(graphs[stage]["file"])), options, providers=providers)
 
         self._pipeline, self._classifier = session("pipeline"), session("classifier")
         self._purifier = session("purifier") if "purifier" in graphs else None
@@ -80,7 +85,7 @@ class OnnxRuntime(Runtime):
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         for output in session.get_outputs():
-            binding.bind_output(output.name, "cuda")
+            binding.bind_output(output.name, "cuda", self._device_index)
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
@@ -137,10 +142,12 @@ class TensorRTRuntime(Runtime):
     project's machine has neither a GPU nor TensorRT's runtime libraries.
     """
 
-    name, precision = "tensorrt-fp16", "fp16"
+    name, precision, on_gpu = "tensorrt-fp16", "fp16", True
 
-    def __init__(self, bundle: Bundle, threads: int = 0) -> None:
+    def __init__(self, bundle: Bundle, threads: int = 0, device_index: int = 0) -> None:
         trt = import_tensorrt()
+        self._device = torch.device("cuda", device_index)
+        torch.cuda.set_device(self._device)  # TensorRT deserialises and runs on the current device
         graphs = (bundle.manifest.get("exports") or {}).get(f"tensorrt_{self.precision}", {}).get("graphs")
         if not graphs:
             raise PurifierError(f"bundle {bundle.path} has no {self.precision} TensorRT engines; run 'purifier export {bundle.path} --tensorrt {self.precision}'")
@@ -155,14 +162,14 @@ class TensorRTRuntime(Runtime):
         buffers, outputs = {}, []
         for name in names:
             if engine.get_tensor_mode(name) == self._input_mode:
-                buffers[name] = torch.from_numpy(feeds[name]).cuda().contiguous()
+                buffers[name] = torch.from_numpy(feeds[name]).to(self._device).contiguous()
                 context.set_input_shape(name, tuple(buffers[name].shape))
         for name in names:
             if name not in buffers:
-                buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=torch.float32, device="cuda")
+                buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=torch.float32, device=self._device)
                 outputs.append(name)
             context.set_tensor_address(name, buffers[name].data_ptr())
-        stream = torch.cuda.current_stream()
+        stream = torch.cuda.current_stream(self._device)
         context.execute_async_v3(stream.cuda_stream)
         stream.synchronize()
         return [buffers[name].cpu().numpy() for name in outputs]
@@ -185,47 +192,79 @@ class TensorRTInt8Runtime(TensorRTRuntime):
 
 
 class TorchRuntime(Runtime):
-    """The bundle's PyTorch modules, the reference; ``torch-cuda`` runs them on the GPU PyTorch sees first
-    (choose it with CUDA_VISIBLE_DEVICES)."""
+    """The bundle's PyTorch modules, the reference; ``torch-cuda`` runs them on a GPU, ``torch-bf16`` on the CPU in bfloat16."""
 
-    name, device = "torch", "cpu"
+    name, on_gpu = "torch", False
+    autocast: torch.dtype | None = None  # matrix products in this precision (torch.autocast), weights kept in float32
 
-    def __init__(self, bundle: Bundle, threads: int = 0) -> None:
-        if self.device == "cuda" and not torch.cuda.is_available():
+    def __init__(self, bundle: Bundle, threads: int = 0, device_index: int = 0) -> None:
+        if self.on_gpu and not torch.cuda.is_available():
             raise PurifierError(f"runtime {self.name} needs a CUDA GPU, and PyTorch sees none here (a CPU build, or no driver); use --runtime torch")
         if threads:
             torch.set_num_threads(threads)
-        self._model = bundle.pipeline().to(self.device)
+        self._device = torch.device("cuda", device_index) if self.on_gpu else torch.device("cpu")
+        self._model = bundle.pipeline().to(self._device)
+        if self.autocast is not None:
+            self._model.to(memory_format=torch.channels_last)  # oneDNN's blocked bf16 convolutions want NHWC
 
     def _tensors(self, *arrays: np.ndarray) -> list[torch.Tensor]:
-        return [torch.from_numpy(array).to(self.device) for array in arrays]
+        return [torch.from_numpy(array).to(self._device) for array in arrays]
+
+    def _precision(self):
+        return torch.autocast(self._device.type, self.autocast, enabled=self.autocast is not None)
 
     @torch.no_grad()
     def purify(self, image, mask, noise):
-        return self._model.purify_with(*self._tensors(image, mask, noise)).cpu().numpy()
+        with self._precision():
+            purified = self._model.purify_with(*self._tensors(image, mask, noise))
+        return purified.float().cpu().numpy()
 
     @torch.no_grad()
     def pipeline(self, image, mask, noise):
-        logits, purified = self._model.forward_with(*self._tensors(image, mask, noise))
-        return logits.cpu().numpy(), purified.cpu().numpy()
+        with self._precision():
+            logits, purified = self._model.forward_with(*self._tensors(image, mask, noise))
+        return logits.float().cpu().numpy(), purified.float().cpu().numpy()
 
     @torch.no_grad()
     def classifier(self, image):
-        return self._model.classifier(*self._tensors(image)).cpu().numpy()
+        with self._precision():
+            logits = self._model.classifier(*self._tensors(image))
+        return logits.float().cpu().numpy()
 
 
 class TorchCudaRuntime(TorchRuntime):
-    name, device = "torch-cuda", "cuda"
+    name, on_gpu = "torch-cuda", True
+
+
+class TorchBf16Runtime(TorchRuntime):
+    """bfloat16 convolutions through oneDNN, which runs them on AMX tiles or AVX-512 BF16 where the CPU has them
+    (benchmarks/runtimes.py measures which, and the accuracy against float32)."""
+
+    name, autocast = "torch-bf16", torch.bfloat16
 
 
 RUNTIMES: dict[str, type[Runtime]] = {
     "onnxruntime": OnnxRuntime, "onnxruntime-int8": OnnxInt8Runtime, "onnxruntime-cuda": OnnxCudaRuntime,
     "onnxruntime-tensorrt": OnnxTensorrtRuntime, "tensorrt-fp16": TensorRTRuntime, "tensorrt-int8": TensorRTInt8Runtime, "torch": TorchRuntime,
-    "torch-cuda": TorchCudaRuntime,
+    "torch-cuda": TorchCudaRuntime, "torch-bf16": TorchBf16Runtime,
 }
 
 
-def create_runtime(bundle: Bundle, name: str = "onnxruntime", threads: int = 0) -> Runtime:
+def parse_runtime(spec: str) -> tuple[type[Runtime], int]:
+    """``NAME`` or ``NAME:INDEX`` (a GPU engine on GPU INDEX) → (engine class, device index), or a one-line PurifierError."""
+    name, colon, index = spec.partition(":")
     if name not in RUNTIMES:
         raise PurifierError(f"unknown runtime {name!r}; available: {', '.join(RUNTIMES)}")
-    return RUNTIMES[name](bundle, threads)
+    engine = RUNTIMES[name]
+    if not colon:
+        return engine, 0
+    if not engine.on_gpu:
+        raise PurifierError(f"runtime {name} runs on the CPU and takes no device index; use --runtime {name}")
+    if not index.isdigit():
+        raise PurifierError(f"runtime {spec!r}: the device index after ':' must be a GPU number such as {name}:0")
+    return engine, int(index)
+
+
+def create_runtime(bundle: Bundle, spec: str = "onnxruntime", threads: int = 0) -> Runtime:
+    engine, device_index = parse_runtime(spec)
+    return engine(bundle, threads, device_index)

@@ -173,10 +173,9 @@ def serve(
     """
     if access.token_expiration_min < 1:
         raise PurifierError(f"--token-expiration-min must be at least 1, got {access.token_expiration_min}")
-    from serving.runtime import RUNTIMES  # imports torch: only when starting a server
+    from serving.runtime import parse_runtime  # imports torch: only when starting a server
 
-    if runtime not in RUNTIMES:
-        raise PurifierError(f"unknown runtime {runtime!r}; available: {', '.join(RUNTIMES)}")
+    parse_runtime(runtime)  # a misspelt engine is refused here, not in the model's worker
     bundle = load_bundle(bundle_path)
     if not (bundle.manifest.get("exports") or {}).get("onnx"):
         from export.onnx import export_bundle

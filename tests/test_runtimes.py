@@ -58,3 +58,28 @@ def test_every_runtime_name_is_documented():
     help_text = "".join(serve.format_help().split())  # argparse wraps lines, also at hyphens
     for name in RUNTIMES:
         assert name in help_text, f"'purifier serve --help' does not mention runtime {name}"
+
+
+@pytest.mark.parametrize("spec, message", [("torch:1", "runs on the CPU and takes no device index"),
+                                           ("onnxruntime-cuda:first", "must be a GPU number"),
+                                           ("torch-cuda:", "must be a GPU number")])
+def test_device_indices_are_checked(bundle, spec, message):
+    with pytest.raises(PurifierError, match=message):
+        create_runtime(bundle, spec)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="PyTorch sees a CUDA GPU here")
+def test_a_gpu_engine_with_an_index_is_still_refused_without_a_gpu(bundle):
+    with pytest.raises(PurifierError, match="needs a CUDA GPU"):
+        create_runtime(bundle, "torch-cuda:1")
+
+
+def test_bf16_runtime_agrees_with_float32_on_real_images(bundle, fmnist_test):
+    """bfloat16 keeps 8 bits of mantissa: logits move a little, and predictions stay those of float32."""
+    image = fmnist_test.head(512).tensors()[0].numpy()
+    mask, noise = (array.numpy() for array in bundle.pipeline().sample(len(image), image.shape[1:]))
+    reference, _ = create_runtime(bundle, "torch").pipeline(image, mask, noise)
+    logits, purified = create_runtime(bundle, "torch-bf16").pipeline(image, mask, noise)
+    assert logits.dtype == purified.dtype == "float32"
+    agreement = (logits.argmax(1) == reference.argmax(1)).mean()
+    assert agreement >= 0.98, f"bf16 predictions agree with float32 on only {agreement:.1%} of 512 test images"
