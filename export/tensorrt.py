@@ -67,8 +67,9 @@ def _check_sources(bundle: Bundle, precision: str) -> None:
         raise PurifierError(f"TensorRT 11 builds INT8 engines from explicit Q/DQ graphs; run 'purifier quantize {bundle.path}' first")
 
 
-def build_bundle_engines(bundle_path: Path, precision: str) -> Bundle:
-    """Build an engine per graph of ``precision`` (FP16 graphs made first when missing) and record them in bundle.json."""
+def build_bundle_engines(bundle_path: Path, precision: str, max_batch: int = 256) -> Bundle:
+    """Build an engine per graph of ``precision`` (FP16 graphs made first when missing), for batches up to ``max_batch``,
+    and record them in bundle.json."""
     bundle = load_bundle(bundle_path)
     _check_sources(bundle, precision)
     import_tensorrt()
@@ -81,7 +82,7 @@ def build_bundle_engines(bundle_path: Path, precision: str) -> Bundle:
     records = {}
     for stage, record in graphs.items():
         engine = f"{ENGINE_DIR}/{stage}.{precision}.engine"
-        build_engine(bundle.file(record["file"]), bundle.path / engine)
+        build_engine(bundle.file(record["file"]), bundle.path / engine, max_batch=max_batch)
         records[stage] = {"file": engine, "inputs": record["inputs"], "outputs": record["outputs"], "built_from": record["file"]}
     return update_manifest(bundle, lambda manifest: manifest["exports"].update({f"tensorrt_{precision}": {"graphs": records}}),
                            [record["file"] for record in records.values()])
