@@ -9,15 +9,11 @@ by ONNX's version converter, so a graph exported at opset 13–17 joins our opse
 from __future__ import annotations
 
 import onnx
-from onnx import helper, version_converter
+from onnx import helper
 
-from purifier.models.imported import ImportedClassifier, default_opset
+from purifier.models.imported import ImportedClassifier, at_opset, default_opset
 
 _HANDOVER = "handover/purified"  # the purifier side's output as the classifier's input
-
-
-def _at_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    return model if default_opset(model) == opset else version_converter.convert_version(model, opset)
 
 
 def behind_purifier(purifier_side: onnx.ModelProto, classifier: ImportedClassifier) -> onnx.ModelProto:
@@ -28,7 +24,7 @@ def behind_purifier(purifier_side: onnx.ModelProto, classifier: ImportedClassifi
     front.graph.output.append(helper.make_tensor_value_info(_HANDOVER, onnx.TensorProto.FLOAT, None))
     back = classifier.onnx_model(input_name="classifier/image", output_name="logits")
     opset = max(default_opset(front), default_opset(back))
-    front, back = _at_opset(front, opset), _at_opset(back, opset)
+    front, back = at_opset(front, opset), at_opset(back, opset)
     front.ir_version = back.ir_version = max(front.ir_version, back.ir_version)
     merged = onnx.compose.merge_models(front, back, io_map=[(_HANDOVER, "classifier/image")])
     opsets = {entry.domain or "": entry.version for entry in merged.opset_import}  # merge_models lists a shared domain twice

@@ -120,14 +120,19 @@ def default_opset(model) -> int:
     return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
-def _lowered(model, opset: int):
-    """``model`` at ``opset`` when it is newer and ONNX's version converter can lower it; else unchanged."""
+def at_opset(model, opset: int):
+    """``model`` with its default operator set at ``opset``, by ONNX's version converter (raising or lowering)."""
     from onnx import version_converter
 
+    return model if default_opset(model) == opset else version_converter.convert_version(model, opset)
+
+
+def _lowered(model, opset: int):
+    """``model`` at ``opset`` when it is newer and ONNX's version converter can lower it; else unchanged."""
     if default_opset(model) <= opset:
         return model
     try:
-        return version_converter.convert_version(model, opset)
+        return at_opset(model, opset)
     except Exception:  # the converter refuses some operators; the graph is then converted as it is
         return model
 
