@@ -44,12 +44,16 @@ MATRIX_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni"
 AMX_INT8_OVER_FP32 = 6.0  # int8 GEMM faster than this many times the float32 one: only AMX does that
 
 
-def cpu_matrix_flags() -> dict[str, bool]:
-    flags = set()
+def cpu_model_and_matrix_flags() -> tuple[str, dict[str, bool]]:
+    """The CPU's model name and which of its matrix-unit flags /proc/cpuinfo lists."""
+    model, flags = "unknown CPU", set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    return {flag: flag in flags for flag in MATRIX_FLAGS}
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags.update(value.split())
+    return model, {flag: flag in flags for flag in MATRIX_FLAGS}
 
 
 def matmul_peak_gflops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 10) -> float:
@@ -155,7 +159,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/runtimes.json"))
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
-    flags = cpu_matrix_flags()
+    cpu, flags = cpu_model_and_matrix_flags()
     peaks = {"fp32": matmul_peak_gflops(), "bf16": matmul_peak_gflops(torch.bfloat16), "int8": int8_matmul_peak_gops()}
     peak = peaks["fp32"]
     flops = graph_flops_per_image(bundle.file(bundle.manifest["exports"]["onnx"]["graphs"]["pipeline"]["file"]))
@@ -187,7 +191,7 @@ def main() -> None:
     best_name, best_batch = max(((name, b) for name in results for b in BATCHES), key=lambda nb: results[nb[0]][nb[1]])
     best_fraction = results[best_name][best_batch] * flops / 1e9 / peak
     goal_met = best_fraction >= 0.8 and abs(accuracy[best_name] - float_accuracy) <= 0.01
-    print("CPU matrix units: " + ", ".join(flag for flag, present in flags.items() if present))
+    print(f"{cpu}; matrix units: " + ", ".join(flag for flag, present in flags.items() if present))
     print(f"matmul peaks: fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s, int8 {peaks['int8']:.1f} GOP/s "
           f"({peaks['int8'] / peak:.1f}× fp32: {'AMX at work' if amx_int8_evident else 'no AMX'} in ONNX Runtime's int8 GEMM); "
           f"pipeline {flops / 1e9:.3f} GFLOP per image")
@@ -201,7 +205,7 @@ def main() -> None:
           f"vs float: goal (≥ 80%, within 1 point) {'met' if goal_met else 'missed'}")
     eager, ort = results["torch eager"], results["onnxruntime (project settings)"]
     report = {
-        "bundle": bundle.name, "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cpus",
+        "bundle": bundle.name, "machine": f"{platform.machine()}, {cpu}, {os.cpu_count()} cpus",
         "cpu_matrix_flags": flags, "torch_threads": torch.get_num_threads(),
         "matmul_peak_gflops": round(peak, 1), "matmul_peaks_gops": {name: round(value, 1) for name, value in peaks.items()},
         "amx_int8_evident_in_onnxruntime": amx_int8_evident, "onednn_bf16_convolutions": kernels,

@@ -102,6 +102,7 @@ def add_train_command(commands) -> None:
     classifier.add_argument("--beta", type=float, help="TRADES: weight β of the KL boundary term (default 6)")
     classifier.add_argument("--eps", type=float, help="L∞ radius of adversarial training (default 0.1)")
     classifier.add_argument("--attack-steps", type=int, help="PGD steps per batch in PGD-AT (default 10)")
+    classifier.add_argument("--init", type=Path, help="start from this bundle's classifier (same widths) instead of fresh weights")
     purifier = trainers.add_parser(
         "purifier", help="AToP pre-training alone: a GAN purifier that restores clean images from randomly transformed ones", argument_default=argparse.SUPPRESS,
     )
@@ -152,6 +153,7 @@ def add_train_command(commands) -> None:
     ijsat.add_argument("--mixup-alpha", type=float, help="α of Robust Mixup's λ ~ Beta(α, α) (default 1.0)")
     ijsat.add_argument("--clean-weight", type=float, help="w of the clean-interpolation term w·CE(f(x̄), ȳ) (Lamb et al.; default 0: off)")
     ijsat.add_argument("--weight-decay", type=float)
+    ijsat.add_argument("--init", type=Path, help="start from this bundle's classifier, e.g. the PGD-AT control: IJSAT on top of adversarial training")
     flow = trainers.add_parser("flow", help="a Glow normalizing flow by maximum likelihood (IJSAT's manifold model)", argument_default=argparse.SUPPRESS)
     _add_common_training(flow)
     flow.add_argument("--dataset", choices=DATASETS, help="fashion-mnist (default), cifar10 or folder")

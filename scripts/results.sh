@@ -71,6 +71,17 @@ declare -A STEPS=(
   [atop-wide-pgd]="train bundles/fmnist-atop-wide-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
   [atop-wide-trades]="train bundles/fmnist-atop-wide-trades atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --trades-beta 1 --epochs 5 --precision bf16"
   [atop-wide-ema]="train bundles/fmnist-atop-wide-ema atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --trades-beta 1 --ema 0.999 --validate 1000 --epochs 5 --precision bf16"
+  # the AT controls (not run yet): TRADES, and PGD-AT / TRADES widened to the parameter count of the wide pipeline (472k purifier
+  # + 78k classifier: widths 43,86,172 give 555k)
+  [trades]="train bundles/fmnist-trades classifier --method trades --beta 6 --attack-steps 7 --eps 0.1 --epochs 15 --precision bf16"
+  [pgd-at-wide]="train bundles/fmnist-pgd-at-wide classifier --method pgd --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision bf16"
+  [trades-wide]="train bundles/fmnist-trades-wide classifier --method trades --beta 6 --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision bf16"
+  # purification on top of adversarial training (not run yet): fine-tuned against the PGD-AT classifier, and jointly with it
+  [atop-on-pgd-at]="train bundles/fmnist-atop-on-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
+  [atop-joint-pgd-at]="train bundles/fmnist-atop-joint-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --joint --epochs 5 --precision bf16"
+  # IJSAT re-tested (not run yet): with the clean-interpolation term, and on top of the PGD-AT classifier, at IJSAT's budget
+  [ijsat-clean]="train bundles/fmnist-ijsat-clean ijsat --flow bundles/fmnist-flow --epochs 10 --attack-steps 5 --clean-weight 1 --precision bf16"
+  [ijsat-on-pgd-at]="train bundles/fmnist-ijsat-on-pgd-at ijsat --flow bundles/fmnist-flow --init bundles/fmnist-pgd-at --epochs 10 --attack-steps 5 --clean-weight 1 --precision bf16"
   # randomized smoothing (not run yet): denoisers for the frozen standard classifier, and noise-trained classifiers as controls
   [denoiser-0.25]="train bundles/fmnist-denoiser-0.25 atop --classifier bundles/fmnist-standard --transform gaussian --noise-std 0.25 --attack none --targets classifier --pretrain-epochs 5 --epochs 5 --precision bf16"
   [denoiser-0.5]="train bundles/fmnist-denoiser-0.5 atop --classifier bundles/fmnist-standard --transform gaussian --noise-std 0.5 --attack none --targets classifier --pretrain-epochs 5 --epochs 5 --precision bf16"
@@ -96,6 +107,11 @@ for name in atop-rt1-pgd atop-wide-pgd atop-wide-trades atop-wide-ema; do
   [ "$name" = atop-rt1-pgd ] || ORDER+=("$name")  # atop-rt1-pgd is trained earlier in ORDER
   ORDER+=("screen-$name")
 done
+for name in atop-on-pgd-at atop-joint-pgd-at; do
+  STEPS[screen-$name]="screen fmnist-$name"
+  ORDER+=("$name" "screen-$name")
+done
+ORDER+=(trades pgd-at-wide trades-wide ijsat-clean ijsat-on-pgd-at)
 for name in denoiser-0.25 denoiser-0.5 noise-0.25 noise-0.5; do
   STEPS[certify-$name]="certify fmnist-$name"
   ORDER+=("$name" "certify-$name")

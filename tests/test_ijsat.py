@@ -124,6 +124,23 @@ def test_train_ijsat_writes_a_classifier_bundle(flow_bundle, tmp_path, capsys):
     assert entry["method"] == "ijsat" and entry["flow"] == flow_bundle.name and entry["eta"] == 0.03 and entry["clean_weight"] == 1.0
 
 
+def test_ijsat_on_top_of_the_pgd_at_classifier_starts_from_its_weights(flow_bundle, tmp_path, capsys):
+    """--init: the committed PGD-AT classifier, trained further by IJSAT (zero learning rate here, so the weights must stay its own)."""
+    at = load_bundle(CHECKOUT_BUNDLES / "fmnist-pgd-at")
+    out = tmp_path / "ijsat-on-at"
+    main(["train", "ijsat", "--flow", str(flow_bundle.path), "--init", str(at.path), "--epochs", "1", "--limit", "128", "--attack-steps", "1",
+          "--lr", "0", "--out", str(out)])
+    trained = load_bundle(out)
+    assert trained.manifest["classifier"]["init"] == at.name and trained.manifest["classifier"]["config"] == at.manifest["classifier"]["config"]
+    for name, value in at.classifier().state_dict().items():
+        if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):  # batch norm statistics move in train mode
+            assert torch.equal(trained.classifier().state_dict()[name], value), name
+    with pytest.raises(SystemExit):
+        main(["train", "ijsat", "--flow", str(flow_bundle.path), "--init", str(at.path), "--widths", "8,16,32", "--epochs", "1",
+              "--limit", "128", "--out", str(tmp_path / "refused")])
+    assert "drop --widths or pass those" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+
+
 def test_evaluate_runs_the_joint_space_threat(flow_bundle, tmp_path):
     from evaluation.evaluate import EvaluationConfig, evaluate
     from evaluation.report import write_report

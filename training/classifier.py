@@ -20,6 +20,7 @@ from evaluation.accuracy import accuracy
 from evaluation.attacks import JOINT_ETA
 from purifier.bundle import Bundle, load_bundle
 from purifier.data import load_split
+from purifier.errors import PurifierError
 from purifier.models import CLASSIFIERS, build
 from purifier.models.identity import Identity
 from purifier.transforms import RandomTransform
@@ -45,6 +46,7 @@ class ClassifierConfig(TrainConfig):
     beta: float = 6.0  # TRADES' weight of the boundary term
     clean_weight: float = 0.0  # IJSAT: weight of the clean-interpolation term
     noise_std: float = 0.25  # method gaussian: σ of the noise augmentation (and of the smoothing it is certified with)
+    init: Path | None = None  # start from this bundle's classifier (e.g. IJSAT on top of a PGD-AT classifier)
 
     def __post_init__(self) -> None:
         if (self.method == "ijsat") != (self.flow is not None):
@@ -53,16 +55,31 @@ class ClassifierConfig(TrainConfig):
             raise ValueError("--clean-weight is IJSAT's clean-interpolation term; other methods have none")
 
 
+def _starting_point(config: ClassifierConfig, data, images: torch.Tensor) -> tuple[dict, dict | None]:
+    """(ResNetSmall config, initial weights): fresh for the data, or those of ``--init``'s classifier."""
+    if config.init is None:
+        mean, std = channel_stats(images)
+        return {"in_channels": data.input_shape[0], "num_classes": len(data.class_names),
+                "widths": list(config.widths or (16, 32, 64)), "mean": mean, "std": std}, None
+    source = load_bundle(config.init)
+    entry = source.manifest.get("classifier") or {}
+    if entry.get("architecture") != "resnet_small":
+        raise PurifierError(f"--init {config.init}: only a resnet_small classifier can be trained further, not {entry.get('architecture')!r}")
+    if config.widths and list(config.widths) != entry["config"]["widths"]:
+        raise PurifierError(f"--init {config.init} has widths {entry['config']['widths']}; drop --widths or pass those")
+    if entry["config"]["num_classes"] != len(data.class_names) or entry["config"]["in_channels"] != data.input_shape[0]:
+        raise PurifierError(f"--init {config.init} was trained for other images or classes than this data set's; pass a classifier of this data set")
+    return dict(entry["config"]), source.classifier().state_dict()
+
+
 def train_classifier(config: ClassifierConfig) -> Bundle:
     """Train a ResNetSmall classifier and write it as a bundle (no purifier) to ``config.out``."""
     seed_everything(config.seed)
     data, images, labels = load_split(config.dataset, config.data_dir, "train", config.limit)
-    mean, std = channel_stats(images)
-    model_config = {
-        "in_channels": data.input_shape[0], "num_classes": len(data.class_names),
-        "widths": list(config.widths or (16, 32, 64)), "mean": mean, "std": std,
-    }
+    model_config, weights = _starting_point(config, data, images)
     model = build(CLASSIFIERS, "resnet_small", model_config)
+    if weights is not None:
+        model.load_state_dict(weights)
     prepare(config.precision, model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
     steps = config.epochs * -(-len(labels) // config.batch_size)
@@ -113,6 +130,8 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
         classifier_entry.update(beta=config.beta)
     if flow is not None:
         classifier_entry.update(eta=config.eta, mixup_alpha=config.mixup_alpha, flow=load_bundle(config.flow).name, clean_weight=config.clean_weight)
+    if config.init is not None:
+        classifier_entry.update(init=load_bundle(config.init).name)
     manifest = {
         "name": config.name or Path(config.out).name,
         "dataset": dataset_entry(data, config.data_dir),
