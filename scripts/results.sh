@@ -65,20 +65,21 @@ declare -A STEPS=(
   [jatp-on-pgd-at]="compose bundles/fmnist-jatp-on-pgd-at --purifier bundles/fmnist-jatp --classifier bundles/fmnist-pgd-at"
   [jatp-static-on-pgd-at]="compose bundles/fmnist-jatp-static-on-pgd-at --purifier bundles/fmnist-jatp-static --classifier bundles/fmnist-pgd-at"
   [jatp-on-ijsat]="compose bundles/fmnist-jatp-on-ijsat --purifier bundles/fmnist-jatp --classifier bundles/fmnist-ijsat"
-  # plug-in purifiers for the frozen standard classifier, one change at a time (not run yet): multi-step PGD, a wider U-Net
-  # (472k parameters), the TRADES-style term, weight averaging with robust early stopping; each is screened, the best two get the protocol
-  [pretrained-wide]="train bundles/fmnist-pretrained-wide purifier --classifier bundles/fmnist-standard --widths 32,64,128 --transform mask --epochs 10 --precision bf16"
-  [atop-wide-pgd]="train bundles/fmnist-atop-wide-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
-  [atop-wide-trades]="train bundles/fmnist-atop-wide-trades atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --trades-beta 1 --epochs 5 --precision bf16"
-  [atop-wide-ema]="train bundles/fmnist-atop-wide-ema atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --trades-beta 1 --ema 0.999 --validate 1000 --epochs 5 --precision bf16"
+  # plug-in purifiers for the frozen standard classifier, one change at a time: multi-step PGD, a wider U-Net (472k parameters),
+  # the TRADES-style term, weight averaging with robust early stopping; each is screened, the best two get the protocol.
+  # Wide bundles are committed without ONNX graphs (fit, not train), which would take them past 5 MB; 'purifier export' makes them
+  [pretrained-wide]="fit bundles/fmnist-pretrained-wide purifier --classifier bundles/fmnist-standard --widths 32,64,128 --transform mask --epochs 10 --precision bf16"
+  [atop-wide-pgd]="fit bundles/fmnist-atop-wide-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
+  [atop-wide-trades]="fit bundles/fmnist-atop-wide-trades atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --trades-beta 1 --epochs 5 --precision bf16"
+  [atop-wide-ema]="fit bundles/fmnist-atop-wide-ema atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --trades-beta 1 --ema 0.999 --validate 1000 --epochs 5 --precision bf16"
   # the AT controls (not run yet): TRADES, and PGD-AT / TRADES widened to the parameter count of the wide pipeline (472k purifier
   # + 78k classifier: widths 43,86,172 give 555k)
   [trades]="train bundles/fmnist-trades classifier --method trades --beta 6 --attack-steps 7 --eps 0.1 --epochs 15 --precision bf16"
   [pgd-at-wide]="train bundles/fmnist-pgd-at-wide classifier --method pgd --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision bf16"
   [trades-wide]="train bundles/fmnist-trades-wide classifier --method trades --beta 6 --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision bf16"
   # purification on top of adversarial training (not run yet): fine-tuned against the PGD-AT classifier, and jointly with it
-  [atop-on-pgd-at]="train bundles/fmnist-atop-on-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
-  [atop-joint-pgd-at]="train bundles/fmnist-atop-joint-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --joint --epochs 5 --precision bf16"
+  [atop-on-pgd-at]="fit bundles/fmnist-atop-on-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
+  [atop-joint-pgd-at]="fit bundles/fmnist-atop-joint-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --joint --epochs 5 --precision bf16"
   # IJSAT re-tested (not run yet): with the clean-interpolation term, and on top of the PGD-AT classifier, at IJSAT's budget
   [ijsat-clean]="train bundles/fmnist-ijsat-clean ijsat --flow bundles/fmnist-flow --epochs 10 --attack-steps 5 --clean-weight 1 --precision bf16"
   [ijsat-on-pgd-at]="train bundles/fmnist-ijsat-on-pgd-at ijsat --flow bundles/fmnist-flow --init bundles/fmnist-pgd-at --epochs 10 --attack-steps 5 --clean-weight 1 --precision bf16"
