@@ -36,7 +36,7 @@ def test_default_bundle_is_complete_and_accurate(fmnist_test):
     bundle = load_bundle(DEFAULT_BUNDLE)
     assert bundle.has_purifier and bundle.class_names == list(fmnist_test.class_names)
     assert bundle.manifest["metrics"]["clean_accuracy_classifier"]["value"] >= 0.90
-    assert set(bundle.manifest["exports"]["onnx"]["graphs"]) == {"classifier", "purifier", "pipeline"}
+    assert set(bundle.manifest["exports"]["onnx"]["graphs"]) == {"classifier", "purifier", "pipeline", "sealed"}  # sealed: the graph to deploy outside this server
     assert all(record["command"].startswith("purifier train") for record in bundle.manifest["training"])
     images, labels = fmnist_test.tensors()
     metrics = bundle.manifest["metrics"]
