@@ -133,13 +133,21 @@ def _transfer_sources(args: argparse.Namespace) -> tuple[Path, ...]:
 
 def _certify(args: argparse.Namespace) -> None:
     from evaluation.certification import CertifyConfig, certify_bundle
+    from evaluation.soundness import SoundnessConfig
 
     options = {key: getattr(args, key) for key in ("images", "n0", "n", "alpha", "batch", "seed") if getattr(args, key, None) is not None}
     config = CertifyConfig.quick_run(**options) if args.quick else CertifyConfig(**options)
-    report = certify_bundle(args.bundle, args.out, config, data_dir=args.data_dir, record=args.record)
+    soundness = None
+    if args.soundness:
+        soundness = (SoundnessConfig.quick_run if args.quick else SoundnessConfig)(alpha=config.alpha, seed=config.seed)
+    report = certify_bundle(args.bundle, args.out, config, data_dir=args.data_dir, record=args.record, soundness=soundness)
     print(f"{report['bundle']} (σ {report['sigma']:g}): certified accuracy " + ", ".join(
         f"{value:.1%} at r = {radius}" for radius, value in report["accuracy_at_radius"].items()) + f"; abstained on {report['abstention_rate']:.1%}"
         + ("" if report["protocol"]["conformant"] else "  [not protocol-conformant]"))
+    if "soundness" in report:
+        check = report["soundness"]
+        print(f"soundness: {check['contradicted']} of {check['attacked']} certified predictions contradicted by SmoothAdv inside their radii "
+              f"({check['abstained']} abstentions; p = {check['p_value']:.3g} against rate {check['allowed_rate']:g})")
     print(f"wrote {args.out / 'report.md'}, report.json and certified_accuracy.png" + (f"; recorded in {args.bundle / 'bundle.json'}" if args.record else ""))
 
 
@@ -282,9 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--n0", type=int, help="selection draws per image (default 100)")
     certify.add_argument("--n", type=int, help="estimation draws per image (default 10,000)")
     certify.add_argument("--alpha", type=float, help="failure probability of each certificate (default 0.001)")
-    certify.add_argument("--batch", type=int, help="draws per forward pass (default 1000)")
+    certify.add_argument("--batch", type=int, help="draws per forward pass (default 128)")
     certify.add_argument("--seed", type=int, help="image i draws its noise from (seed, i) (default 0)")
     certify.add_argument("--record", action="store_true", help="write metrics.certified into the bundle's bundle.json")
+    certify.add_argument("--soundness", action="store_true",
+                         help="then attack every certified image inside its radius (SmoothAdv) and check the smoothed prediction holds")
     certify.set_defaults(func=_certify)
 
     serve = commands.add_parser("serve", help="serve a bundle on 127.0.0.1 (TorchServe, or KServe's ModelServer)")

@@ -27,7 +27,7 @@ PROTOCOL = {"n0": 100, "n": 10_000, "alpha": 0.001, "images": 500, "radii": (0.2
 
 
 @torch.no_grad()
-def class_counts(model: nn.Module, image: torch.Tensor, samples: int, num_classes: int, batch: int = 1000) -> np.ndarray:
+def class_counts(model: nn.Module, image: torch.Tensor, samples: int, num_classes: int, batch: int = 128) -> np.ndarray:
     """How often each class is predicted on ``samples`` fresh draws of the model's noise around one image (C, H, W)."""
     counts = np.zeros(num_classes, dtype=np.int64)
     remaining = samples
@@ -40,7 +40,7 @@ def class_counts(model: nn.Module, image: torch.Tensor, samples: int, num_classe
 
 
 def certify(model: nn.Module, image: torch.Tensor, sigma: float, n0: int, n: int, alpha: float, num_classes: int,
-            batch: int = 1000) -> Certificate:
+            batch: int = 128) -> Certificate:
     """Cohen et al.'s CERTIFY for one image, with ``model`` drawing fresh Gaussian noise on every call."""
     selection = class_counts(model, image, n0, num_classes, batch)
     return certificate_from_counts(selection, class_counts(model, image, n, num_classes, batch), sigma, alpha)

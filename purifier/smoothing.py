@@ -5,7 +5,8 @@ For a base classifier f under Gaussian noise of σ, the smoothed classifier g(x)
 P[f(x + δ) = c] is certified from two independent samples of f's predictions: ĉ = the most
 frequent class among n0 selection draws; p = the one-sided (1 − α) Clopper–Pearson lower bound of
 ĉ's count among n estimation draws; if p > ½, g(x) = ĉ within every L2 ball of radius
-R = σ · Φ⁻¹(p), with probability at least 1 − α; otherwise g abstains.
+R = σ · Φ⁻¹(p), with probability at least 1 − α; otherwise g abstains. PREDICT estimates g(x) alone:
+the top class of n draws unless a two-sided binomial test of the top two counts has p-value > α.
 
 >>> certificate_from_counts(np.array([0, 100]), np.array([3, 997]), sigma=0.25, alpha=0.001).prediction
 1
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta, norm
+from scipy.stats import beta, binomtest, norm
 
 
 @dataclass(frozen=True)
@@ -42,3 +43,11 @@ def certificate_from_counts(selection: np.ndarray, estimation: np.ndarray, sigma
     if bound <= 0.5:
         return Certificate(None, None, count, samples)
     return Certificate(selected, sigma * float(norm.ppf(bound)), count, samples)
+
+
+def prediction_from_counts(counts: np.ndarray, alpha: float) -> int | None:
+    """PREDICT's decision from the per-class counts of n draws: the top class, or None (abstain) when it does not beat the
+    runner-up at level α (two-sided binomial test); a returned class differs from g(x) with probability at most α."""
+    runner_up, top = np.argsort(counts)[-2:]
+    first, second = int(counts[top]), int(counts[runner_up])
+    return int(top) if binomtest(first, first + second, 0.5).pvalue <= alpha else None

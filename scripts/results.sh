@@ -40,8 +40,9 @@ screen() {  # screen NAME: the 100-image screen (PGD-20 × EOT-4, worst of 4 dra
   purifier evaluate "bundles/$1" --out "reports/screen/$1" --screen
 }
 
-certify() {  # certify NAME: randomized smoothing's CERTIFY on bundles/NAME into reports/NAME-certified, recorded in the bundle
-  purifier certify "bundles/$1" --out "reports/$1-certified" --record
+certify() {  # certify NAME: randomized smoothing's CERTIFY on bundles/NAME into reports/NAME-certified, then the soundness check
+  # (SmoothAdv inside every certified radius), recorded in the bundle
+  purifier certify "bundles/$1" --out "reports/$1-certified" --record --soundness
 }
 
 # The served default, bundles/fmnist-default, is the AToP RT1 pipeline (step atop-rt1). The

@@ -50,6 +50,52 @@ def test_certify_certifies_a_certain_model_and_abstains_on_a_coin():
     assert coin.prediction is None and coin.radius is None
 
 
+class _Noisy(nn.Module):
+    """The standard classifier under Gaussian noise of σ 0.1 (it was not trained for more), fresh on every call: a base
+    classifier to smooth."""
+
+    def __init__(self):
+        super().__init__()
+        self.classifier = load_bundle(CHECKOUT_BUNDLES / "fmnist-standard").pipeline().classifier
+        self.reseed(0)
+
+    def reseed(self, seed):
+        self.generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+
+    def forward(self, x):
+        return self.classifier((x + 0.1 * torch.randn(x.shape, generator=self.generator)).clamp(0, 1))
+
+
+def test_smooth_adv_stays_inside_each_radius_and_breaks_an_undefended_smoothed_classifier(fmnist_test):
+    from evaluation.attacks.smooth_adv import SmoothedSoftClassifier, smooth_adv
+
+    model, images = _Noisy().eval(), torch.from_numpy(fmnist_test.images[:16]).permute(0, 3, 1, 2).float() / 255
+    labels = torch.from_numpy(fmnist_test.labels[:16]).long()
+    radii = torch.linspace(0.5, 3.0, 16)
+    adversarial = smooth_adv(model, images, labels, eps=radii, steps=10, samples=8, generator=torch.Generator().manual_seed(0))
+    assert ((adversarial - images).flatten(1).norm(dim=1) <= radii + 1e-4).all() and adversarial.min() >= 0 and adversarial.max() <= 1
+    smoothed = SmoothedSoftClassifier(model, 64)
+    with torch.no_grad():
+        assert (smoothed(adversarial).argmax(1) != labels).sum() > (smoothed(images).argmax(1) != labels).sum() + 4
+
+
+def test_soundness_check_flags_certificates_claiming_more_than_they_hold(fmnist_test):
+    """Radii of 3.0 for an undefended smoothed classifier are false certificates: the check must contradict them and call them unsound."""
+    from evaluation.attacks.smooth_adv import SmoothedSoftClassifier
+    from evaluation.soundness import SoundnessConfig, attack_certificates, summarise
+    from purifier.smoothing import Certificate
+
+    model, images = _Noisy().eval(), torch.from_numpy(fmnist_test.images[:8]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        predictions = SmoothedSoftClassifier(model, 64)(images).argmax(1)
+    false = [Certificate(int(prediction), 3.0, 1000, 1000) for prediction in predictions]
+    config = SoundnessConfig(steps=10, samples=8, n=200)
+    outcomes = attack_certificates(model, images, false, 10, config)
+    summary = summarise(outcomes, config, seconds=1.0)
+    assert summary["attacked"] == 8 and summary["contradicted"] >= 4 and not summary["sound"]
+    assert summarise(outcomes[:0], config, 0.0)["sound"]
+
+
 @pytest.fixture(scope="module")
 def denoiser(tmp_path_factory):
     """A gaussian-transform bundle (σ 0.25) in front of the standard classifier, denoised-smoothing objective, smoke size."""
@@ -74,6 +120,10 @@ def test_certify_command_reports_records_and_resumes(denoiser, tmp_path, capsys)
     before = (out / "partial.json").read_text()
     main(["certify", str(denoiser.path), "--out", str(out), "--quick", "--images", "8"])
     assert (out / "partial.json").read_text() == before  # nothing certified twice
+    main(["certify", str(denoiser.path), "--out", str(out), "--quick", "--images", "8", "--soundness", "--record"])
+    check = json.loads((out / "report.json").read_text())["soundness"]
+    assert check["attacked"] == sum(r is not None for r in report["radii"]) and 0 <= check["contradicted"] <= check["attacked"]
+    assert "Soundness check" in (out / "report.md").read_text() and load_bundle(denoiser.path).manifest["metrics"]["certified"]["soundness"] == check
 
 
 def test_certify_refuses_a_bundle_without_the_gaussian_transform(tmp_path, capsys):

@@ -4,6 +4,7 @@ whole Pipelines alike): gradients flow through everything the model does; Square
 from evaluation.attacks.bpda import BPDA
 from evaluation.attacks.joint import JOINT_ETA, joint_pgd
 from evaluation.attacks.pgd import pgd
+from evaluation.attacks.smooth_adv import smooth_adv
 from evaluation.attacks.square import square
 
-__all__ = ["BPDA", "JOINT_ETA", "joint_pgd", "pgd", "square"]
+__all__ = ["BPDA", "JOINT_ETA", "joint_pgd", "pgd", "smooth_adv", "square"]

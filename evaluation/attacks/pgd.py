@@ -66,7 +66,7 @@ def pgd(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    eps: float,
+    eps: float | torch.Tensor,
     steps: int = 10,
     step_size: float | None = None,
     norm: str = "linf",
@@ -80,13 +80,16 @@ def pgd(
     returns adversarial images in [0, 1] (N, C, H, W). ``labels`` is whatever the objective
     compares the output with: class indices, or clean features for a feature-space attack.
 
-    ``step_size`` defaults to 2.5·ε/steps (Madry et al.). ``generator`` seeds the random start.
+    ``eps`` is one radius for all images or a tensor of one per image (N,). ``step_size`` defaults
+    to 2.5·ε/steps (Madry et al.). ``generator`` seeds the random start.
     ``keep_best`` returns each image's highest-loss iterate (evaluation); without it, the last
     iterate (adversarial training, as in the papers). The model is used as it is: call
     ``.eval()`` first for deterministic layers.
     """
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; use one of {NORMS}")
+    if isinstance(eps, torch.Tensor):
+        eps = eps.view(-1, *([1] * (images.dim() - 1)))
     step_size = 2.5 * eps / steps if step_size is None else step_size
     images = images.detach()
     delta = _random_start(images, eps, norm, generator) if random_start else torch.zeros_like(images)
