@@ -126,6 +126,18 @@ def test_certify_command_reports_records_and_resumes(denoiser, tmp_path, capsys)
     assert "Soundness check" in (out / "report.md").read_text() and load_bundle(denoiser.path).manifest["metrics"]["certified"]["soundness"] == check
 
 
+def test_certified_table_pairs_two_reports_of_one_sigma(denoiser, tmp_path, capsys):
+    from evaluation import certified_table
+
+    for seed in (0, 1):
+        main(["certify", str(denoiser.path), "--out", str(tmp_path / f"seed-{seed}"), "--quick", "--images", "6", "--seed", str(seed)])
+    capsys.readouterr()
+    certified_table.main([str(tmp_path / "seed-0"), str(tmp_path / "seed-1")])
+    printed = capsys.readouterr().out
+    assert printed.count(f"| {denoiser.name} (not protocol-conformant) | 0.25 |") == 2 and "not run" in printed
+    assert printed.count("exact McNemar p =") == 5  # one paired test per radius
+
+
 def test_certify_refuses_a_bundle_without_the_gaussian_transform(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["certify", str(DEFAULT_BUNDLE), "--out", str(tmp_path / "out"), "--quick"])
