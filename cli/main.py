@@ -140,7 +140,14 @@ def _certify(args: argparse.Namespace) -> None:
     soundness = None
     if args.soundness:
         soundness = (SoundnessConfig.quick_run if args.quick else SoundnessConfig)(alpha=config.alpha, seed=config.seed)
-    report = certify_bundle(args.bundle, args.out, config, data_dir=args.data_dir, record=args.record, soundness=soundness)
+    engine = None
+    if args.runtime != "torch":
+        from purifier.bundle import load_bundle
+        from serving.runtime import create_runtime
+
+        runtime = create_runtime(load_bundle(args.bundle), args.runtime)
+        engine = (runtime.name, runtime.pipeline_logits)
+    report = certify_bundle(args.bundle, args.out, config, data_dir=args.data_dir, record=args.record, soundness=soundness, engine=engine)
     print(f"{report['bundle']} (σ {report['sigma']:g}): certified accuracy " + ", ".join(
         f"{value:.1%} at r = {radius}" for radius, value in report["accuracy_at_radius"].items()) + f"; abstained on {report['abstention_rate']:.1%}"
         + ("" if report["protocol"]["conformant"] else "  [not protocol-conformant]"))
@@ -293,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--batch", type=int, help="draws per forward pass (default 128)")
     certify.add_argument("--seed", type=int, help="image i draws its noise from (seed, i) (default 0)")
     certify.add_argument("--record", action="store_true", help="write metrics.certified into the bundle's bundle.json")
+    certify.add_argument("--runtime", default="onnxruntime",
+                         help="the engine that draws the base classifier: onnxruntime (the served one; needs 'purifier export' first) or torch")
     certify.add_argument("--soundness", action="store_true",
                          help="then attack every certified image inside its radius (SmoothAdv) and check the smoothed prediction holds")
     certify.set_defaults(func=_certify)

@@ -1,8 +1,15 @@
-"""``purifier certify BUNDLE --out DIR``: Cohen et al.'s CERTIFY (``evaluation.certify``) on the
-first N test images of a bundle with the gaussian transform: certified accuracy against L2 radius
-(table, PNG curve), abstention rate, per-image radii and wall time in DIR, and with ``--record``
-``metrics.certified`` in bundle.json. Each image's certificate is saved to DIR/partial.json as it
-is made, so a killed run resumes; image i draws its noise from the seed (seed, i). With
+"""``purifier certify BUNDLE --out DIR``: certified L2 robustness by randomized smoothing (Cohen,
+Rosenfeld & Kolter, ICML 2019) of a bundle whose random transform is ``gaussian``. Its pipeline is
+the base classifier f(x) = classifier(purifier(clip(x + δ))), δ ~ N(0, σ²I) (denoised smoothing,
+Salman et al., NeurIPS 2020, when the purifier is a denoiser); the smoothed classifier
+g(x) = argmax_c P_δ[f(x) = c] is certified by CERTIFY (``purifier.smoothing``, the statistics the
+server's ``certify=true`` uses too) on the first N test images, drawing f on the bundle's ONNX
+Runtime graphs (the served engine) or, for a bundle without graphs, its PyTorch modules.
+
+It writes certified accuracy against L2 radius (table, PNG curve), abstention rate, per-image radii
+and wall time in DIR, and with ``--record`` ``metrics.certified`` in bundle.json. Each image's
+certificate is saved to DIR/partial.json as it is made, so a killed run resumes; image i draws its
+noise from the seed (seed, i). With
 ``--soundness`` every certified image is then attacked inside its radius (``evaluation.soundness``),
 also saved as it goes.
 """
@@ -20,15 +27,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from evaluation.certify import PROTOCOL, certified_accuracy, certify  # noqa: E402
 from evaluation.soundness import SoundnessConfig, attack_certificates, summarise  # noqa: E402
 from evaluation.stats import wilson  # noqa: E402
 from purifier.bundle import load_bundle, update_manifest  # noqa: E402
 from purifier.errors import PurifierError  # noqa: E402
 from purifier.fsutil import atomic_write_bytes, atomic_write_json  # noqa: E402
+from purifier.pipeline import Pipeline  # noqa: E402
 from purifier.progress import progress  # noqa: E402
-from purifier.smoothing import Certificate  # noqa: E402
+from purifier.smoothing import Certificate, Engine, certify  # noqa: E402
+
+PROTOCOL = {"n0": 100, "n": 10_000, "alpha": 0.001, "images": 500, "radii": (0.25, 0.5, 0.75, 1.0)}
 
 
 @dataclass(kw_only=True)
@@ -47,14 +57,31 @@ class CertifyConfig:
         return cls(**{**dict(images=20, n0=20, n=200, batch=200, quick=True), **overrides})
 
 
-def _identity(bundle, config: CertifyConfig) -> dict:
-    return {"weights": bundle.weight_digests(), "transform": bundle.transform.to_dict(), "config": asdict(config)}
+def torch_engine(pipeline: Pipeline) -> Engine:
+    """The PyTorch Pipeline as an engine of ``purifier.smoothing.certify``: (images, mask, noise) -> logits."""
+
+    @torch.no_grad()
+    def logits(images: np.ndarray, mask: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        return pipeline.forward_with(torch.from_numpy(images), torch.from_numpy(mask), torch.from_numpy(noise))[0].numpy()
+
+    return logits
+
+
+def certified_accuracy(certificates: list[Certificate], labels: list[int], radius: float) -> float:
+    """Fraction of images whose smoothed prediction is right and certified at least to ``radius``."""
+    right = sum(1 for c, y in zip(certificates, labels) if c.prediction == y and c.radius is not None and c.radius >= radius)
+    return right / max(len(labels), 1)
+
+
+def _identity(bundle, config: CertifyConfig, engine_name: str) -> dict:
+    return {"weights": bundle.weight_digests(), "transform": bundle.transform.to_dict(), "config": asdict(config), "engine": engine_name}
 
 
 def certify_bundle(bundle_path: Path, out: Path, config: CertifyConfig, data_dir: Path | None = None, record: bool = False,
-                   soundness: SoundnessConfig | None = None) -> dict:
+                   soundness: SoundnessConfig | None = None, engine: tuple[str, Engine] | None = None) -> dict:
     """Certify (or resume certifying) the bundle's first ``config.images`` test images, then check the certificates'
-    soundness if asked; write the report into ``out``."""
+    soundness if asked; write the report into ``out``. ``engine`` is (name, engine) drawing the base classifier, by
+    default ("torch", the bundle's PyTorch Pipeline)."""
     bundle = load_bundle(bundle_path)
     transform = bundle.transform
     if transform.kind != "gaussian":
@@ -62,24 +89,25 @@ def certify_bundle(bundle_path: Path, out: Path, config: CertifyConfig, data_dir
                             "(train it with 'purifier train atop --transform gaussian --noise-std 0.25 ...')")
     images, labels = bundle.data("test", data_dir).head(config.images).tensors()
     model = bundle.pipeline(seed=config.seed)
+    engine_name, engine = engine or ("torch", torch_engine(model))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    path, identity = out / "partial.json", _identity(bundle, config)
+    path, identity = out / "partial.json", _identity(bundle, config, engine_name)
     saved = json.loads(path.read_text()) if path.exists() else {**identity, "certificates": [], "wall_time_s": 0.0}
     if {key: saved.get(key) for key in identity} != identity:
         raise PurifierError(f"{path} belongs to another model or other settings; use another --out or delete it")
     todo = range(len(saved["certificates"]), len(labels))
     for index in [] if not len(todo) else progress(todo, len(todo), f"certify {bundle.name}"):
         began = time.perf_counter()
-        model.reseed([config.seed, index])
-        certificate = certify(model, images[index], transform.noise_std, config.n0, config.n, config.alpha, len(bundle.class_names), config.batch)
+        certificate = certify(engine, transform, images[index].numpy(), config.n0, config.n, config.alpha, len(bundle.class_names),
+                              np.random.default_rng([config.seed, index]), config.batch)
         saved["certificates"].append(asdict(certificate))
         saved["wall_time_s"] += time.perf_counter() - began
         atomic_write_json(path, saved)
     certificates = [Certificate(**c) for c in saved["certificates"]]
-    report = _report(bundle, config, certificates, labels.tolist(), saved["wall_time_s"])
+    report = _report(bundle, config, certificates, labels.tolist(), saved["wall_time_s"], engine_name)
     if soundness is not None:
-        report["soundness"] = _check_soundness(model, images, certificates, len(bundle.class_names), soundness, saved, path)
+        report["soundness"] = _check_soundness(model, engine, images, certificates, len(bundle.class_names), soundness, saved, path)
     atomic_write_json(out / "report.json", report)
     atomic_write_bytes(out / "report.md", _markdown(report).encode())
     temporary = out / "certified_accuracy.tmp.png"
@@ -92,8 +120,8 @@ def certify_bundle(bundle_path: Path, out: Path, config: CertifyConfig, data_dir
     return report
 
 
-def _check_soundness(model, images, certificates: list[Certificate], num_classes: int, config: SoundnessConfig, saved: dict,
-                     path: Path) -> dict:
+def _check_soundness(model: Pipeline, engine: Engine, images, certificates: list[Certificate], num_classes: int, config: SoundnessConfig,
+                     saved: dict, path: Path) -> dict:
     """Attack the certified images inside their radii, resuming from and saving to ``saved["soundness"]`` in ``path``."""
     state = saved.setdefault("soundness", {"config": asdict(config), "outcomes": [], "wall_time_s": 0.0})
     if state["config"] != asdict(config):
@@ -106,11 +134,11 @@ def _check_soundness(model, images, certificates: list[Certificate], num_classes
         began = time.perf_counter()
         atomic_write_json(path, saved)
 
-    outcomes = attack_certificates(model, images, certificates, num_classes, config, state["outcomes"], save)
+    outcomes = attack_certificates(model, engine, images, certificates, num_classes, config, state["outcomes"], save)
     return summarise(outcomes, config, state["wall_time_s"])
 
 
-def _report(bundle, config: CertifyConfig, certificates: list[Certificate], labels: list[int], seconds: float) -> dict:
+def _report(bundle, config: CertifyConfig, certificates: list[Certificate], labels: list[int], seconds: float, engine_name: str) -> dict:
     count = len(labels)
     at_radius = {f"{r:g}": certified_accuracy(certificates, labels, r) for r in (0.0, *PROTOCOL["radii"])}
     conformant = not config.quick and config.n0 >= PROTOCOL["n0"] and config.n >= PROTOCOL["n"] and config.alpha <= PROTOCOL["alpha"] \
@@ -123,7 +151,7 @@ def _report(bundle, config: CertifyConfig, certificates: list[Certificate], labe
         "radii": [c.radius for c in certificates], "predictions": [c.prediction for c in certificates], "labels": labels,
         "wall_time_s": round(seconds, 1), "seconds_per_image": round(seconds / max(count, 1), 2),
         "protocol": {"method": "CERTIFY (Cohen et al., 2019), Clopper-Pearson", "test_images": f"first {count}", "seed": config.seed,
-                     "conformant": conformant},
+                     "engine": engine_name, "conformant": conformant},
     }
 
 
@@ -132,7 +160,7 @@ def _markdown(report: dict) -> str:
     if not report["protocol"]["conformant"]:
         lines += ["**Not protocol-conformant** (reduced sizes): smoke-test figures only.", ""]
     lines += [f"Randomized smoothing with σ = {report['sigma']:g}: CERTIFY with n0 = {report['n0']}, n = {report['n']:,}, α = {report['alpha']:g} "
-              f"on the first {report['images']} test images; {report['seconds_per_image']:.1f} s per image, {report['wall_time_s'] / 60:.1f} min "
+              f"on the first {report['images']} test images, f drawn on {report['protocol']['engine']}; {report['seconds_per_image']:.1f} s per image, {report['wall_time_s'] / 60:.1f} min "
               f"in all. Abstained on {report['abstention_rate']:.1%} of the images.", "",
               "| L2 radius | certified accuracy [95% Wilson interval] |", "|---|---|"]
     for radius, value in report["accuracy_at_radius"].items():

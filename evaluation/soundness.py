@@ -8,7 +8,7 @@ at most α and PREDICT at most α, so a sound certification shows contradictions
 2α; the check reports their count, its exact one-sided binomial p-value against that rate, and how
 often PREDICT abstained (no contradiction: g's top two classes are close at x').
 
->>> outcomes = attack_certificates(model, images, certificates, num_classes=10, config=SoundnessConfig())
+>>> outcomes = attack_certificates(pipeline, engine, images, certificates, num_classes=10, config=SoundnessConfig())
 >>> summary = summarise(outcomes, SoundnessConfig(), seconds=60.0)
 >>> summary["contradicted"] <= summary["attacked"]
 True
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from scipy.stats import binomtest
-from torch import nn
 
 from evaluation.attacks.smooth_adv import smooth_adv
-from evaluation.certify import class_counts
+from purifier.pipeline import Pipeline
 from purifier.progress import progress
-from purifier.smoothing import Certificate, prediction_from_counts
+from purifier.smoothing import Certificate, Engine, class_counts, prediction_from_counts
 
 
 @dataclass(kw_only=True)
@@ -43,23 +43,25 @@ class SoundnessConfig:
         return cls(**{**dict(steps=3, samples=4, n=100), **overrides})
 
 
-def attack_certificates(model: nn.Module, images: torch.Tensor, certificates: list[Certificate], num_classes: int,
+def attack_certificates(pipeline: Pipeline, engine: Engine, images: torch.Tensor, certificates: list[Certificate], num_classes: int,
                         config: SoundnessConfig, done: list[dict] = (), on_chunk=lambda outcomes: None) -> list[dict]:
     """One outcome per certified image (in order, continuing after ``done``): the certified class and radius, the
-    perturbation's L2 norm, and PREDICT's class at the adversarial image (None: abstained). ``on_chunk`` is called with
-    all outcomes so far after every chunk (to save them)."""
+    perturbation's L2 norm, and PREDICT's class at the adversarial image (None: abstained). SmoothAdv differentiates the
+    PyTorch ``pipeline``; PREDICT draws on ``engine``, the one that certified. ``on_chunk`` is called with all outcomes
+    so far after every chunk (to save them)."""
     certified = [i for i, c in enumerate(certificates) if c.prediction is not None]
     outcomes, todo = list(done), certified[len(done):]
     chunks = [todo[start:start + config.chunk] for start in range(0, len(todo), config.chunk)]
     for chunk in [] if not chunks else progress(chunks, len(chunks), "soundness"):
-        model.reseed([config.seed, chunk[0]])
+        pipeline.reseed([config.seed, chunk[0]])
         clean = images[chunk]
         classes = torch.tensor([certificates[i].prediction for i in chunk])
         radii = torch.tensor([certificates[i].radius for i in chunk], dtype=clean.dtype)
-        adversarial = smooth_adv(model, clean, classes, eps=radii, steps=config.steps, samples=config.samples,
+        adversarial = smooth_adv(pipeline, clean, classes, eps=radii, steps=config.steps, samples=config.samples,
                                  generator=torch.Generator().manual_seed(chunk[0]))
         for index, image, moved in zip(chunk, clean, adversarial):
-            counts = class_counts(model, moved, config.n, num_classes)
+            counts = class_counts(engine, pipeline.transform, moved.numpy(), config.n, num_classes, config.chunk * config.samples,
+                                  np.random.default_rng([config.seed, 1, index]))
             after = prediction_from_counts(counts, config.alpha)
             outcomes.append({"index": index, "certified": certificates[index].prediction, "radius": certificates[index].radius,
                              "perturbation_l2": float((moved - image).norm()), "predicted": after})

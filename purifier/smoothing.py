@@ -8,16 +8,25 @@ frequent class among n0 selection draws; p = the one-sided (1 − α) Clopper–
 R = σ · Φ⁻¹(p), with probability at least 1 − α; otherwise g abstains. PREDICT estimates g(x) alone:
 the top class of n draws unless a two-sided binomial test of the top two counts has p-value > α.
 
+``certify`` runs it on any engine that maps (images, mask, noise) to logits: the served runtime's
+pipeline, or the PyTorch Pipeline's ``forward_with`` offline, so both certify the same way.
+
 >>> certificate_from_counts(np.array([0, 100]), np.array([3, 997]), sigma=0.25, alpha=0.001).prediction
 1
+>>> certificate = certify(runtime.pipeline_logits, transform, image, n0=100, n=10_000, alpha=0.001, num_classes=10,
+...                       rng=np.random.default_rng(0))
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import beta, binomtest, norm
+
+
+Engine = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (images, mask, noise) -> logits, all NCHW float32
 
 
 @dataclass(frozen=True)
@@ -51,3 +60,24 @@ def prediction_from_counts(counts: np.ndarray, alpha: float) -> int | None:
     runner_up, top = np.argsort(counts)[-2:]
     first, second = int(counts[top]), int(counts[runner_up])
     return int(top) if binomtest(first, first + second, 0.5).pvalue <= alpha else None
+
+
+def class_counts(engine: Engine, transform, image: np.ndarray, samples: int, num_classes: int, batch: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """How often the base classifier predicts each class on ``samples`` fresh draws of ``transform`` (a
+    ``purifier.transforms.RandomTransform``, drawn from ``rng``) around one float32 image (C, H, W)."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for start in range(0, samples, batch):
+        size = min(batch, samples - start)
+        mask, noise = transform.sample(size, image.shape, rng)
+        logits = engine(np.repeat(image[None], size, axis=0), mask, noise)
+        counts += np.bincount(logits.argmax(axis=1), minlength=num_classes)
+    return counts
+
+
+def certify(engine: Engine, transform, image: np.ndarray, n0: int, n: int, alpha: float, num_classes: int, rng: np.random.Generator,
+            batch: int = 128) -> Certificate:
+    """CERTIFY for one float32 image (C, H, W): n0 selection draws, then n independent estimation draws."""
+    selection = class_counts(engine, transform, image, n0, num_classes, batch, rng)
+    estimation = class_counts(engine, transform, image, n, num_classes, batch, rng)
+    return certificate_from_counts(selection, estimation, transform.noise_std, alpha)

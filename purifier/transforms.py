@@ -11,7 +11,7 @@ Each m is a block mask: the image is tiled in ``block_size``² blocks and each b
 the N masks; ``block_size_for`` scales the block with the image (4 px at 28–32 px, 8 at 64, 32 at
 224). ``none`` is the identity (m = 1, no noise). ``gaussian`` is noise alone,
 t(x) = clip(x + σ·n, 0, 1) with m = 1: the base classifier of randomized smoothing (Cohen et al.,
-ICML 2019), whose prediction can be certified (``evaluation.certify``).
+ICML 2019), whose prediction can be certified (``purifier.smoothing``, ``purifier certify``).
 
 Sampling (numpy, explicit ``np.random.Generator``) is separate from application (torch,
 differentiable), so the same mask and noise can be fed to PyTorch and to an exported graph.

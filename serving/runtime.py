@@ -36,6 +36,10 @@ class Runtime(ABC):
     def pipeline(self, image: np.ndarray, mask: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits, purified) of the defended model in one call (one fused graph)."""
 
+    def pipeline_logits(self, image: np.ndarray, mask: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """The defended model's logits alone: the engine ``purifier.smoothing.certify`` draws from."""
+        return self.pipeline(image, mask, noise)[0]
+
 
 class OnnxRuntime(Runtime):
     """The exported graphs in ONNX Runtime, on the CPU or (``onnxruntime-cuda``, ``onnxruntime-tensorrt``) on an NVIDIA GPU."""

@@ -12,7 +12,7 @@ import numpy as np
 from purifier.bundle import Bundle, load_bundle
 from purifier.errors import ImageDecodeError, RequestFormatError
 from purifier.images import decode_image, to_uint8
-from purifier.smoothing import Certificate, certificate_from_counts
+from purifier.smoothing import Certificate, certify
 from serving.runtime import Runtime, create_runtime
 
 
@@ -116,20 +116,8 @@ class PurificationService:
             raise RequestFormatError(f"model '{self.bundle.name}' cannot certify: its random transform is {transform.kind!r}, not gaussian; "
                                      "drop certify or serve a randomized-smoothing bundle", "cannot_certify")
         batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
-        classes = len(self.bundle.class_names)
-        certificates = []
-        for image in batch:
-            counts = []
-            for draws in (settings.selection, settings.samples):
-                total = np.zeros(classes, dtype=np.int64)
-                for start in range(0, draws, settings.batch):
-                    size = min(settings.batch, draws - start)
-                    mask, noise = transform.sample(size, self.bundle.input_shape, rng or self.rng)
-                    logits, _ = self.runtime.pipeline(np.repeat(image[None], size, axis=0), mask, noise)
-                    total += np.bincount(logits.argmax(axis=1), minlength=classes)
-                counts.append(total)
-            certificates.append(certificate_from_counts(counts[0], counts[1], transform.noise_std, settings.alpha))
-        return certificates
+        return [certify(self.runtime.pipeline_logits, transform, image, settings.selection, settings.samples, settings.alpha,
+                        len(self.bundle.class_names), rng or self.rng, settings.batch) for image in batch]
 
     def _predictions(self, logits: np.ndarray, raw_index: np.ndarray) -> list[Prediction]:
         probabilities = softmax(logits)

@@ -11,10 +11,13 @@ from scipy.stats import norm
 from torch import nn
 
 from cli.main import main
-from evaluation.certify import certify
+from evaluation.certification import torch_engine
 from purifier.assets import CHECKOUT_BUNDLES
 from purifier.bundle import DEFAULT_BUNDLE, load_bundle
-from purifier.smoothing import lower_confidence_bound
+from purifier.models import Identity
+from purifier.pipeline import Pipeline
+from purifier.smoothing import certify, lower_confidence_bound
+from purifier.transforms import RandomTransform
 from tests.serving_helpers import needs_java
 
 
@@ -42,34 +45,29 @@ def test_clopper_pearson_lower_bound_is_exact_at_the_edges():
     assert lower_confidence_bound(9_000, 10_000, 0.001) < 0.9 < lower_confidence_bound(9_200, 10_000, 0.001)
 
 
+def _engine(module: nn.Module):
+    return lambda images, mask, noise: module(torch.from_numpy(images)).numpy()
+
+
 def test_certify_certifies_a_certain_model_and_abstains_on_a_coin():
-    image = torch.rand(1, 28, 28)
-    certain = certify(_Constant(), image, sigma=0.25, n0=100, n=10_000, alpha=0.001, num_classes=10)
+    image, transform, rng = np.random.rand(1, 28, 28).astype(np.float32), RandomTransform("gaussian", missing_rate=0.0, noise_std=0.25), np.random.default_rng(0)
+    certain = certify(_engine(_Constant()), transform, image, n0=100, n=10_000, alpha=0.001, num_classes=10, rng=rng)
     assert certain.prediction == 3 and certain.radius == pytest.approx(0.25 * norm.ppf(0.001 ** (1 / 10_000)))
-    coin = certify(_Coin(), image, sigma=0.25, n0=100, n=1_000, alpha=0.001, num_classes=10)
+    coin = certify(_engine(_Coin()), transform, image, n0=100, n=1_000, alpha=0.001, num_classes=10, rng=rng)
     assert coin.prediction is None and coin.radius is None
 
 
-class _Noisy(nn.Module):
+def _noisy() -> Pipeline:
     """The standard classifier under Gaussian noise of σ 0.1 (it was not trained for more), fresh on every call: a base
     classifier to smooth."""
-
-    def __init__(self):
-        super().__init__()
-        self.classifier = load_bundle(CHECKOUT_BUNDLES / "fmnist-standard").pipeline().classifier
-        self.reseed(0)
-
-    def reseed(self, seed):
-        self.generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
-
-    def forward(self, x):
-        return self.classifier((x + 0.1 * torch.randn(x.shape, generator=self.generator)).clamp(0, 1))
+    return Pipeline(load_bundle(CHECKOUT_BUNDLES / "fmnist-standard").pipeline().classifier, Identity(),
+                    RandomTransform("gaussian", missing_rate=0.0, noise_std=0.1)).eval()
 
 
 def test_smooth_adv_stays_inside_each_radius_and_breaks_an_undefended_smoothed_classifier(fmnist_test):
     from evaluation.attacks.smooth_adv import SmoothedSoftClassifier, smooth_adv
 
-    model, images = _Noisy().eval(), torch.from_numpy(fmnist_test.images[:16]).permute(0, 3, 1, 2).float() / 255
+    model, images = _noisy(), torch.from_numpy(fmnist_test.images[:16]).permute(0, 3, 1, 2).float() / 255
     labels = torch.from_numpy(fmnist_test.labels[:16]).long()
     radii = torch.linspace(0.5, 3.0, 16)
     adversarial = smooth_adv(model, images, labels, eps=radii, steps=10, samples=8, generator=torch.Generator().manual_seed(0))
@@ -85,12 +83,12 @@ def test_soundness_check_flags_certificates_claiming_more_than_they_hold(fmnist_
     from evaluation.soundness import SoundnessConfig, attack_certificates, summarise
     from purifier.smoothing import Certificate
 
-    model, images = _Noisy().eval(), torch.from_numpy(fmnist_test.images[:8]).permute(0, 3, 1, 2).float() / 255
+    model, images = _noisy(), torch.from_numpy(fmnist_test.images[:8]).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         predictions = SmoothedSoftClassifier(model, 64)(images).argmax(1)
     false = [Certificate(int(prediction), 3.0, 1000, 1000) for prediction in predictions]
     config = SoundnessConfig(steps=10, samples=8, n=200)
-    outcomes = attack_certificates(model, images, false, 10, config)
+    outcomes = attack_certificates(model, torch_engine(model), images, false, 10, config)
     summary = summarise(outcomes, config, seconds=1.0)
     assert summary["attacked"] == 8 and summary["contradicted"] >= 4 and not summary["sound"]
     assert summarise(outcomes[:0], config, 0.0)["sound"]
@@ -102,6 +100,7 @@ def denoiser(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoothing") / "denoiser"
     main(["train", "atop", "--classifier", str(CHECKOUT_BUNDLES / "fmnist-standard"), "--transform", "gaussian", "--pretrain-epochs", "1",
           "--epochs", "1", "--attack", "none", "--targets", "classifier", "--limit", "1024", "--out", str(out)])
+    main(["export", str(out)])  # certify draws on the served engine, ONNX Runtime, by default
     return load_bundle(out)
 
 
@@ -124,6 +123,17 @@ def test_certify_command_reports_records_and_resumes(denoiser, tmp_path, capsys)
     check = json.loads((out / "report.json").read_text())["soundness"]
     assert check["attacked"] == sum(r is not None for r in report["radii"]) and 0 <= check["contradicted"] <= check["attacked"]
     assert "Soundness check" in (out / "report.md").read_text() and load_bundle(denoiser.path).manifest["metrics"]["certified"]["soundness"] == check
+
+
+def test_onnxruntime_and_pytorch_engines_draw_the_same_noise_and_agree(denoiser, tmp_path, capsys):
+    """Offline certification on the served engine is the PyTorch pipeline's, up to float rounding on borderline draws."""
+    reports = {}
+    for runtime in ("onnxruntime", "torch"):
+        main(["certify", str(denoiser.path), "--out", str(tmp_path / runtime), "--quick", "--images", "6", "--runtime", runtime])
+        reports[runtime] = json.loads((tmp_path / runtime / "report.json").read_text())
+    assert [r["protocol"]["engine"] for r in reports.values()] == ["onnxruntime", "torch"]
+    counts = [[c["count"] for c in json.loads((tmp_path / runtime / "partial.json").read_text())["certificates"]] for runtime in reports]
+    assert all(abs(a - b) <= 4 for a, b in zip(*counts)), counts  # of n = 200 draws each
 
 
 def test_certified_table_pairs_two_reports_of_one_sigma(denoiser, tmp_path, capsys):
@@ -210,5 +220,6 @@ def test_noise_trained_classifier_is_a_certifiable_bundle(tmp_path, capsys):
     pipeline = bundle.pipeline(seed=0)
     image = torch.zeros(2, 1, 28, 28)
     assert not torch.equal(pipeline.purify(image), pipeline.purify(image))  # fresh noise on every call, no network
-    main(["certify", str(out), "--out", str(tmp_path / "report"), "--quick", "--images", "4"])
-    assert json.loads((tmp_path / "report" / "report.json").read_text())["sigma"] == 0.5
+    main(["certify", str(out), "--out", str(tmp_path / "report"), "--quick", "--images", "4", "--runtime", "torch"])  # no ONNX graphs needed
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["sigma"] == 0.5 and report["protocol"]["engine"] == "torch"
