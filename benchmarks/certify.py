@@ -2,7 +2,7 @@
 for a randomized-smoothing bundle (gaussian transform; default bundles/fmnist-denoiser-0.25).
 
   (a) in process: PurificationService.classify and .certify per image on ONNX Runtime, certify at
-      n = 128, 256 (the server's default), 512 and 1,024 estimation draws after 32 selection draws:
+      n = 128, 192 (the server's default), 256, 512 and 1,024 estimation draws after 32 selection draws:
       median and p99 ms, how many images were certified, and the largest radius n draws can certify
       at all, σ · Φ⁻¹(α^(1/n)) (every draw agreeing);
   (b) the TorchServe front at its default settings: one client sending one image per request,
@@ -31,7 +31,7 @@ from purifier.images import encode_png
 from serving import server_state, torchserve
 from serving.service import CertifySettings, PurificationService
 
-SAMPLES = (128, 256, 512, 1024)
+SAMPLES = (128, 192, 256, 512, 1024)
 PORT = 18480
 
 

@@ -323,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "AMX or AVX-512 BF16) or torch-cuda; a GPU engine takes the GPU's index after a colon, e.g. torch-cuda:1 (default 0)")
     serve.add_argument("--batch-size", type=int, default=32, help="dynamic batching: most requests handled in one batch (default 32)")
     serve.add_argument("--max-batch-delay", type=int, default=1, help="dynamic batching: most milliseconds a request waits for others (default 1)")
-    serve.add_argument("--certify-samples", type=int, help="certify=true requests: estimation draws n per image (default 256: about 100 ms "
-                       "per 28×28 image on 2 cores)")
+    serve.add_argument("--certify-samples", type=int, help="certify=true requests: estimation draws n per image (default 192: about 100 ms "
+                       "per 28×28 image on 2 cores, benchmarks/certify.py)")
     serve.add_argument("--certify-selection", type=int, help="certify=true requests: selection draws n0 per image (default 32)")
     serve.add_argument("--certify-alpha", type=float, help="certify=true requests: failure probability of a certificate (default 0.001)")
     serve.add_argument("--token-expiration-min", type=int, default=TOKEN_EXPIRATION_MIN, metavar="N",
