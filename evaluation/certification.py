@@ -166,7 +166,8 @@ def _markdown(report: dict) -> str:
     for radius, value in report["accuracy_at_radius"].items():
         low, high = report["intervals"][radius]
         lines.append(f"| {radius} | {value:.1%} [{low:.1%}, {high:.1%}] |")
-    lines += ["", "Radius 0 is the smoothed classifier's accuracy where it does not abstain. Per-image radii are in `report.json`.", ""]
+    lines += ["", "Radius 0 is the smoothed classifier's clean accuracy, an abstention counting as an error. Per-image radii are in "
+              "`report.json`.", ""]
     if "soundness" in report:
         check = report["soundness"]
         lines += ["## Soundness check", "",
