@@ -28,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy.stats import norm  # noqa: E402
 
 from evaluation.soundness import SoundnessConfig, attack_certificates, summarise  # noqa: E402
 from evaluation.stats import wilson  # noqa: E402
@@ -183,8 +184,12 @@ def _plot(report: dict, certificates: list[Certificate], labels: list[int], path
     grid = np.linspace(0, max(finite, default=1.0) * 1.05 or 1.0, 200)
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.plot(grid, [certified_accuracy(certificates, labels, r) for r in grid])
-    axis.set(title=f"{report['bundle']}: certified accuracy (σ = {report['sigma']:g}, n = {report['n']:,}, α = {report['alpha']:g})",
-             xlabel="L2 radius (pixels in [0, 1])", ylabel="certified accuracy", ylim=(0, 1))
+    cap = report["sigma"] * float(norm.ppf(report["alpha"] ** (1 / report["n"])))
+    axis.axvline(cap, color="grey", linestyle=":", label=f"largest radius {report['n']:,} draws can certify ({cap:.2f})")
+    axis.set(title=f"Certified accuracy of the smoothed {report['bundle']}\n(noise σ = {report['sigma']:g}, "
+                   f"{report['images']} test images, n = {report['n']:,}, α = {report['alpha']:g})",
+             xlabel="L2 radius of the perturbation (pixels in [0, 1])", ylabel="share of images correct and certified", ylim=(0, 1))
+    axis.legend(loc="lower left")
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
