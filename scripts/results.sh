@@ -87,6 +87,9 @@ declare -A STEPS=(
   # randomized smoothing (not run yet): denoisers for the frozen standard classifier, and noise-trained classifiers as controls
   [denoiser-0.25]="train bundles/fmnist-denoiser-0.25 atop --classifier bundles/fmnist-standard --transform gaussian --noise-std 0.25 --attack none --targets classifier --pretrain-epochs 5 --epochs 5 --precision bf16"
   [denoiser-0.5]="train bundles/fmnist-denoiser-0.5 atop --classifier bundles/fmnist-standard --transform gaussian --noise-std 0.5 --attack none --targets classifier --pretrain-epochs 5 --epochs 5 --precision bf16"
+  # a second denoiser recipe at σ 0.25: 10 more epochs of the stability objective weighted 10× against
+  # L1 reconstruction, no GAN term (closer to Salman et al.'s stability-only objective)
+  [denoiser-0.25-stability]="train bundles/fmnist-denoiser-0.25-stability atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-denoiser-0.25 --transform gaussian --noise-std 0.25 --attack none --targets classifier --lam 10 --gan-weight 0 --epochs 10 --precision bf16"
   [noise-0.25]="train bundles/fmnist-noise-0.25 classifier --method gaussian --noise-std 0.25 --epochs 15 --precision bf16"
   [noise-0.5]="train bundles/fmnist-noise-0.5 classifier --method gaussian --noise-std 0.5 --epochs 15 --precision bf16"
 )
@@ -118,6 +121,8 @@ for name in denoiser-0.25 denoiser-0.5 noise-0.25 noise-0.5; do
   STEPS[certify-$name]="certify fmnist-$name"
   ORDER+=("$name" "certify-$name")
 done
+STEPS[certify-denoiser-0.25-stability]="certify fmnist-denoiser-0.25-stability"
+ORDER+=(denoiser-0.25-stability certify-denoiser-0.25-stability)
 # IJSAT's joint-space attack (latent space of bundles/fmnist-flow) on these rows; joint-NAME is the same step as eval-NAME
 for name in fmnist-standard fmnist-pgd-at fmnist-ijsat fmnist-jatp-on-ijsat; do
   STEPS[eval-${name#fmnist-}]+=" --joint-flow bundles/fmnist-flow"
