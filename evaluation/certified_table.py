@@ -4,8 +4,8 @@
 
 One row per report: σ, certified accuracy at L2 radii 0, 0.25, 0.5, 0.75 and 1.0 with 95% Wilson
 intervals, the abstention rate, the soundness check (contradicted of attacked) and the wall time.
-Then, for each σ with two reports, a paired comparison at every radius on the same images (exact
-McNemar on "correct and certified at least to r"), the first report named against the second.
+Then, for each σ with two reports, a paired comparison at every radius both can certify on the same
+images (exact McNemar on "correct and certified at least to r"), the first report named against the second.
 """
 
 from __future__ import annotations
@@ -14,12 +14,19 @@ import argparse
 import json
 from pathlib import Path
 
+from scipy.stats import norm
+
 from evaluation.stats import format_p, mcnemar
 
 
 def certified_at(report: dict, radius: float) -> list[bool]:
     """Per image: the smoothed prediction is right and certified to at least ``radius``."""
     return [p == y and r is not None and r >= radius for p, y, r in zip(report["predictions"], report["labels"], report["radii"])]
+
+
+def largest_radius(report: dict) -> float:
+    """The largest radius CERTIFY can return with the report's n and α: σ · Φ⁻¹(α^(1/n)), every draw agreeing."""
+    return report["sigma"] * float(norm.ppf(report["alpha"] ** (1 / report["n"])))
 
 
 def row(report: dict) -> str:
@@ -45,6 +52,8 @@ def comparisons(reports: list[dict]) -> list[str]:
         if a["labels"] != b["labels"]:
             raise SystemExit(f"{a['bundle']} and {b['bundle']} were certified on different images; a paired test needs the same ones")
         for radius in a["accuracy_at_radius"]:
+            if float(radius) > min(largest_radius(a), largest_radius(b)):
+                continue  # nothing can be certified there: 0 against 0
             test = mcnemar(certified_at(a, float(radius)), certified_at(b, float(radius)))
             difference = a["accuracy_at_radius"][radius] - b["accuracy_at_radius"][radius]
             lines.append(f"- σ = {sigma:g}, r = {radius}: {a['bundle']} − {b['bundle']} = {difference * 100:+.1f} points; "
