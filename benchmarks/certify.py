@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from scipy.stats import norm
 
 from purifier.bundle import load_bundle
 from purifier.data import load_dataset
 from purifier.images import encode_png
+from purifier.smoothing import largest_radius
 from serving import server_state, torchserve
 from serving.service import CertifySettings, PurificationService
 
@@ -53,7 +53,7 @@ def in_process(service: PurificationService, images: np.ndarray, settings: Certi
     row = percentiles(latencies)
     if settings is not None:
         sigma = service.bundle.transform.noise_std
-        row |= {"certified": f"{certified}/{len(images)}", "max_radius": round(sigma * float(norm.ppf(settings.alpha ** (1 / settings.samples))), 3)}
+        row |= {"certified": f"{certified}/{len(images)}", "max_radius": round(largest_radius(sigma, settings.samples, settings.alpha), 3)}
     return row
 
 

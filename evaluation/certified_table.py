@@ -14,19 +14,13 @@ import argparse
 import json
 from pathlib import Path
 
-from scipy.stats import norm
-
 from evaluation.stats import format_p, mcnemar
+from purifier.smoothing import largest_radius
 
 
 def certified_at(report: dict, radius: float) -> list[bool]:
     """Per image: the smoothed prediction is right and certified to at least ``radius``."""
     return [p == y and r is not None and r >= radius for p, y, r in zip(report["predictions"], report["labels"], report["radii"])]
-
-
-def largest_radius(report: dict) -> float:
-    """The largest radius CERTIFY can return with the report's n and α: σ · Φ⁻¹(α^(1/n)), every draw agreeing."""
-    return report["sigma"] * float(norm.ppf(report["alpha"] ** (1 / report["n"])))
 
 
 def row(report: dict) -> str:
@@ -52,7 +46,7 @@ def comparisons(reports: list[dict]) -> list[str]:
         if a["labels"] != b["labels"]:
             raise SystemExit(f"{a['bundle']} and {b['bundle']} were certified on different images; a paired test needs the same ones")
         for radius in a["accuracy_at_radius"]:
-            if float(radius) > min(largest_radius(a), largest_radius(b)):
+            if float(radius) > min(largest_radius(r["sigma"], r["n"], r["alpha"]) for r in pair):
                 continue  # nothing can be certified there: 0 against 0
             test = mcnemar(certified_at(a, float(radius)), certified_at(b, float(radius)))
             difference = a["accuracy_at_radius"][radius] - b["accuracy_at_radius"][radius]

@@ -54,6 +54,11 @@ def certificate_from_counts(selection: np.ndarray, estimation: np.ndarray, sigma
     return Certificate(selected, sigma * float(norm.ppf(bound)), count, samples)
 
 
+def largest_radius(sigma: float, samples: int, alpha: float) -> float:
+    """The largest radius CERTIFY can return from ``samples`` estimation draws: σ · Φ⁻¹(α^(1/n)), every draw agreeing."""
+    return sigma * float(norm.ppf(alpha ** (1 / samples)))
+
+
 def prediction_from_counts(counts: np.ndarray, alpha: float) -> int | None:
     """PREDICT's decision from the per-class counts of n draws: the top class, or None (abstain) when it does not beat the
     runner-up at level α (two-sided binomial test); a returned class differs from g(x) with probability at most α."""
