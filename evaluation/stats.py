@@ -47,7 +47,8 @@ class PairedTest:
 
     def describe(self, a: str = "A", b: str = "B") -> str:
         verdict = "significant" if self.p_value < 0.05 else "not significant"
-        return (f"{self.only_a} images right only under {a}, {self.only_b} only under {b} "
+        noun = "image" if self.only_a == 1 else "images"
+        return (f"{self.only_a} {noun} right only under {a}, {self.only_b} only under {b} "
                 f"(of {self.images}; exact McNemar p = {format_p(self.p_value)}, {verdict} at 5%)")
 
 

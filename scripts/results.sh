@@ -45,6 +45,10 @@ certify() {  # certify NAME: randomized smoothing's CERTIFY on bundles/NAME into
   purifier certify "bundles/$1" --out "reports/$1-certified" --record --soundness
 }
 
+certify_screen() {  # certify_screen NAME: a 200-image CERTIFY with n = 1,000 (radii up to 2.46σ) that picks which denoiser gets the full run
+  purifier certify "bundles/$1" --out "reports/screen/$1-certified" --images 200 --n 1000
+}
+
 # The served default, bundles/fmnist-default, is the AToP RT1 pipeline (step atop-rt1). The
 # defaults before it: the AToP RT2 pipeline (bundles/fmnist-atop-rt2) and a purifier trained only
 # to reconstruct (by an earlier version of 'train purifier', so no step remakes it),
@@ -122,7 +126,10 @@ for name in denoiser-0.25 denoiser-0.5 noise-0.25 noise-0.5; do
   ORDER+=("$name" "certify-$name")
 done
 STEPS[certify-denoiser-0.25-stability]="certify fmnist-denoiser-0.25-stability"
-ORDER+=(denoiser-0.25-stability certify-denoiser-0.25-stability)
+for name in denoiser-0.25 denoiser-0.25-stability; do
+  STEPS[certify-screen-$name]="certify_screen fmnist-$name"
+done
+ORDER+=(denoiser-0.25-stability certify-screen-denoiser-0.25 certify-screen-denoiser-0.25-stability certify-denoiser-0.25-stability)
 # IJSAT's joint-space attack (latent space of bundles/fmnist-flow) on these rows; joint-NAME is the same step as eval-NAME
 for name in fmnist-standard fmnist-pgd-at fmnist-ijsat fmnist-jatp-on-ijsat; do
   STEPS[eval-${name#fmnist-}]+=" --joint-flow bundles/fmnist-flow"
