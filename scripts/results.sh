@@ -88,7 +88,7 @@ declare -A STEPS=(
   # IJSAT re-tested (not run yet): with the clean-interpolation term, and on top of the PGD-AT classifier, at IJSAT's budget
   [ijsat-clean]="train bundles/fmnist-ijsat-clean ijsat --flow bundles/fmnist-flow --epochs 10 --attack-steps 5 --clean-weight 1 --precision bf16"
   [ijsat-on-pgd-at]="train bundles/fmnist-ijsat-on-pgd-at ijsat --flow bundles/fmnist-flow --init bundles/fmnist-pgd-at --epochs 10 --attack-steps 5 --clean-weight 1 --precision bf16"
-  # randomized smoothing: denoisers for the frozen standard classifier, and noise-trained classifiers as controls (σ 0.25 run)
+  # randomized smoothing: denoisers for the frozen standard classifier, and noise-trained classifiers as controls
   [denoiser-0.25]="train bundles/fmnist-denoiser-0.25 atop --classifier bundles/fmnist-standard --transform gaussian --noise-std 0.25 --attack none --targets classifier --pretrain-epochs 5 --epochs 5 --precision bf16"
   [denoiser-0.5]="train bundles/fmnist-denoiser-0.5 atop --classifier bundles/fmnist-standard --transform gaussian --noise-std 0.5 --attack none --targets classifier --pretrain-epochs 5 --epochs 5 --precision bf16"
   # a second denoiser recipe at σ 0.25: 10 more epochs of the stability objective weighted 10× against
