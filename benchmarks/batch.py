@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from purifier.bundle import DEFAULT_BUNDLE
+from purifier.assets import REFERENCE_PIPELINE
 from purifier.data import load_dataset
 from serving.batch import purify_folder
 from serving.service import PurificationService
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def bare_pipeline(images: np.ndarray, batch: int = 256) -> float:
-    service = PurificationService.from_bundle(DEFAULT_BUNDLE, seed=0)
+    service = PurificationService.from_bundle(REFERENCE_PIPELINE, seed=0)
     service.run(images[:batch])
     began = time.perf_counter()
     for start in range(0, len(images), batch):

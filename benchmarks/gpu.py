@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+from purifier.assets import REFERENCE_PIPELINE
+from purifier.bundle import load_bundle
 from purifier.errors import PurifierError
 from serving.runtime import create_runtime
 
@@ -194,7 +195,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_subparsers(dest="step", required=True)
     prepare_step = steps.add_parser("prepare", help="on the CPU machine: the bundle's graphs and the reference")
-    prepare_step.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    prepare_step.add_argument("--bundle", type=Path, default=REFERENCE_PIPELINE)
     prepare_step.add_argument("--images", type=int, default=1024)
     prepare_step.add_argument("--dir", type=Path, default=Path(".gpu-check"))
     measure_step = steps.add_parser("measure", help="on the GPU machine: parity and speed of every GPU engine")

@@ -19,7 +19,8 @@ import numpy as np
 import onnxruntime
 import torch
 
-from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+from purifier.assets import REFERENCE_PIPELINE
+from purifier.bundle import load_bundle
 from serving.runtime import OnnxRuntime, TorchRuntime
 
 
@@ -36,7 +37,7 @@ def best_of(function, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    parser.add_argument("--bundle", type=Path, default=REFERENCE_PIPELINE)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pipeline.json"))
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()

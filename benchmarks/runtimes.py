@@ -36,7 +36,8 @@ import numpy as np
 import onnx
 import torch
 
-from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+from purifier.assets import REFERENCE_PIPELINE
+from purifier.bundle import load_bundle
 from serving.runtime import OnnxInt8Runtime, OnnxRuntime, TorchBf16Runtime, TorchRuntime
 
 BATCHES = (1, 8, 64, 256)
@@ -153,7 +154,7 @@ def images_per_s(runtime, bundle, batch: int, seconds: float = 1.5) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    parser.add_argument("--bundle", type=Path, default=REFERENCE_PIPELINE)
     parser.add_argument("--int8", action="store_true", help="also quantize a temporary copy and measure its INT8 graphs")
     parser.add_argument("--images", type=int, default=2000, help="test images for each runtime's clean accuracy")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/runtimes.json"))

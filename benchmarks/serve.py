@@ -33,7 +33,8 @@ import numpy as np
 import psutil
 import requests
 
-from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+from purifier.assets import REFERENCE_PIPELINE
+from purifier.bundle import load_bundle
 from purifier.data import load_dataset
 from purifier.images import encode_png
 from serving import server_state, torchserve
@@ -155,7 +156,7 @@ def table(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    parser.add_argument("--bundle", type=Path, default=REFERENCE_PIPELINE)
     parser.add_argument("--requests", type=int, default=400, help="one-image requests per front and concurrency (v2 requests: an eighth)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve.json"))
     args = parser.parse_args()

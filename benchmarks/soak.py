@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from purifier.bundle import DEFAULT_BUNDLE
+from purifier.assets import REFERENCE_PIPELINE
 from purifier.data import load_dataset
 from purifier.images import encode_png
 from serving import server_state, torchserve
@@ -62,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["PURIFIER_SERVE_DIR"] = tempfile.mkdtemp(prefix="purifier-soak-")
     pngs = [encode_png(image) for image in load_dataset("fashion-mnist", "test").images[:512]]
-    server = torchserve.serve(DEFAULT_BUNDLE, port=PORT, access=torchserve.Access(token_expiration_min=args.key_minutes))
+    server = torchserve.serve(REFERENCE_PIPELINE, port=PORT, access=torchserve.Access(token_expiration_min=args.key_minutes))
     started, stop = time.monotonic(), threading.Event()
     answered, errors, lock = [0], [], threading.Lock()
 

@@ -21,7 +21,8 @@ import torch
 from torch.nn import functional as F
 
 from evaluation.attacks import pgd
-from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+from purifier.assets import REFERENCE_PIPELINE
+from purifier.bundle import load_bundle
 from purifier.data import load_split
 from purifier.models import PURIFIERS, build
 from purifier.pipeline import Pipeline
@@ -37,7 +38,7 @@ CONFIGURATIONS = {
 
 def throughput(widths: tuple[int, ...], precision: str, channels_last: bool, compiled: bool, images, labels, seconds: float) -> float:
     """Images/s of AToP fine-tuning steps over ``seconds`` (after two warm-up steps)."""
-    bundle = load_bundle(DEFAULT_BUNDLE)
+    bundle = load_bundle(REFERENCE_PIPELINE)
     classifier = bundle.classifier().requires_grad_(False)
     purifier = build(PURIFIERS, "unet", {"in_channels": 1, "widths": list(widths)})
     if channels_last:

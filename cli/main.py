@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     certify.set_defaults(func=_certify)
 
     serve = commands.add_parser("serve", help="serve a bundle on 127.0.0.1 (TorchServe, or KServe's ModelServer)")
-    serve.add_argument("bundle", type=Path, nargs="?", help="bundle directory (default: the bundled Fashion-MNIST model)")
+    serve.add_argument("bundle", type=Path, nargs="?", help="bundle directory (default: the bundled Fashion-MNIST model, fmnist-default)")
     serve.add_argument("--front", choices=("torchserve", "kserve"), default="torchserve",
                        help="torchserve (default, the product's design) or kserve: KServe's Python ModelServer, no Java, complete "
                             "Open Inference Protocol v2 (needs the kserve extra)")
@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     purify.add_argument("--data-dir", type=Path, help="data set location (default for Fashion-MNIST: Debian's package)")
     purify.add_argument("--limit", type=int, help="only the first N images of the data set split")
     purify.add_argument("--format", choices=("png", "npz"), default="png", help="a PNG tree (default) or .npz shards")
-    purify.add_argument("--bundle", type=Path, help="bundle directory (default: the bundled Fashion-MNIST model)")
+    purify.add_argument("--bundle", type=Path, help="bundle with a purifier (default: the bundled Fashion-MNIST purifier, fmnist-purifier)")
     purify.add_argument("--runtime", default="onnxruntime", help="engine, as for 'purifier serve' (default onnxruntime)")
     purify.add_argument("--batch-size", type=int, default=256, help="images per shard: the unit of batching, resuming and distribution")
     purify.add_argument("--seed", type=int, default=0, help="seed of the random transform (shard k draws from (seed, k))")

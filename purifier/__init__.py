@@ -4,7 +4,7 @@ Pipeline, the bundle format and data loading. Never imports training, export or 
 Public API::
 
     import purifier
-    model = purifier.load("bundles/fmnist-default")   # RT -> purifier -> classifier, eval mode
+    model = purifier.load("bundles/fmnist-atop-rt1")   # RT -> purifier -> classifier, eval mode
     logits = model(images)                            # float NCHW in [0, 1]
 
 The names below are imported on first use, so light modules (``purifier.errors``, used by the

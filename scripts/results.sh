@@ -45,20 +45,26 @@ certify() {  # certify NAME: randomized smoothing's CERTIFY on bundles/NAME into
   purifier certify "bundles/$1" --out "reports/$1-certified" --record --soundness
 }
 
+rank_and_install() {  # the standings of every finished evaluation report; the winners become bundles/fmnist-default and fmnist-purifier
+  local reports=() report
+  for report in reports/fmnist-*/report.json; do reports+=("${report%/report.json}"); done
+  python -m evaluation.ranking "${reports[@]}" --install
+}
+
 certify_screen() {  # certify_screen NAME: a 200-image CERTIFY with n = 1,000 (radii up to 2.46σ) that picks which denoiser gets the full run
   purifier certify "bundles/$1" --out "reports/screen/$1-certified" --images 200 --n 1000
 }
 
-# The served default, bundles/fmnist-default, is the AToP RT1 pipeline (step atop-rt1). The
-# defaults before it: the AToP RT2 pipeline (bundles/fmnist-atop-rt2) and a purifier trained only
-# to reconstruct (by an earlier version of 'train purifier', so no step remakes it),
-# bundles/fmnist-reconstruction.
+# The served default, bundles/fmnist-default, and the default purifier, bundles/fmnist-purifier, are copies of the
+# strongest bundles by evaluation.ranking's rule (step default). Served defaults before them: the AToP RT1 pipeline
+# (bundles/fmnist-atop-rt1), the AToP RT2 pipeline (bundles/fmnist-atop-rt2) and a purifier trained only to
+# reconstruct (by an earlier version of 'train purifier', so no step remakes it), bundles/fmnist-reconstruction.
 declare -A STEPS=(
   [standard]="train bundles/fmnist-standard classifier --epochs 15"
   [pgd-at]="train bundles/fmnist-pgd-at classifier --method pgd --attack-steps 7 --eps 0.1 --epochs 15"
   [fgsm-rs]="train bundles/fmnist-fgsm-rs classifier --method fgsm_rs --eps 0.1 --epochs 15"
   [pretrained]="train bundles/fmnist-pretrained purifier --classifier bundles/fmnist-standard --epochs 10"
-  [atop-rt1]="train bundles/fmnist-default atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform mask --epochs 5"
+  [atop-rt1]="train bundles/fmnist-atop-rt1 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform mask --epochs 5"
   [atop-rt2]="train bundles/fmnist-atop-rt2 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_mask --epochs 5"
   [atop-rt3]="train bundles/fmnist-atop-rt3 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_multimask --masks 2 --epochs 5"
   [atop-rt1-pgd]="train bundles/fmnist-atop-rt1-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform mask --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
@@ -98,7 +104,7 @@ declare -A STEPS=(
   [noise-0.5]="train bundles/fmnist-noise-0.5 classifier --method gaussian --noise-std 0.5 --epochs 15 --precision bf16"
 )
 ORDER=(standard pgd-at fgsm-rs pretrained atop-rt1 atop-rt2 atop-rt3 atop-rt1-pgd jatp jatp-static jatp-on-pgd-at jatp-static-on-pgd-at jatp-pgd-at flow ijsat jatp-on-ijsat)
-for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-reconstruction fmnist-pretrained fmnist-default fmnist-atop-rt2 fmnist-atop-rt3 fmnist-atop-rt1-pgd \
+for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-reconstruction fmnist-pretrained fmnist-atop-rt1 fmnist-atop-rt2 fmnist-atop-rt3 fmnist-atop-rt1-pgd \
     fmnist-jatp fmnist-jatp-static fmnist-jatp-on-pgd-at fmnist-jatp-static-on-pgd-at fmnist-jatp-pgd-at fmnist-ijsat fmnist-jatp-on-ijsat; do
   STEPS[eval-${name#fmnist-}]="evaluate $name"
   ORDER+=("eval-${name#fmnist-}")
@@ -108,9 +114,9 @@ STEPS[eval-jatp-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-static-on-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-pgd-at]+=" --reuse-classifier reports/fmnist-pgd-at"
 STEPS[eval-jatp-on-ijsat]+=" --reuse-classifier reports/fmnist-ijsat"
-# the served default on the same screen, the yardstick each change is screened against
-STEPS[screen-default]="screen fmnist-default"
-ORDER+=(screen-default pretrained-wide)
+# the AToP RT1 pipeline on the same screen, the yardstick each change is screened against
+STEPS[screen-atop-rt1]="screen fmnist-atop-rt1"
+ORDER+=(screen-atop-rt1 pretrained-wide)
 for name in atop-rt1-pgd atop-wide-pgd atop-wide-trades atop-wide-ema; do
   STEPS[screen-$name]="screen fmnist-$name"
   [ "$name" = atop-rt1-pgd ] || ORDER+=("$name")  # atop-rt1-pgd is trained earlier in ORDER
@@ -135,6 +141,10 @@ for name in fmnist-standard fmnist-pgd-at fmnist-ijsat fmnist-jatp-on-ijsat; do
   STEPS[eval-${name#fmnist-}]+=" --joint-flow bundles/fmnist-flow"
   STEPS[joint-${name#fmnist-}]=${STEPS[eval-${name#fmnist-}]}
 done
+
+# the shipped default and default purifier: the strongest bundles among all finished reports, by the declared rule
+STEPS[default]="rank_and_install"
+ORDER+=(default)
 
 for step in "${@:-${ORDER[@]}}"; do
   [ -n "${STEPS[$step]:-}" ] || { echo "unknown step '$step'; steps: ${ORDER[*]}" >&2; exit 2; }

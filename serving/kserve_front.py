@@ -41,10 +41,10 @@ from serving.protocols import encode_body, error_body
 from serving.server_state import (
     DRAIN_TIMEOUT_S,
     KEY_REFUSED,
-    PURIFY_SUFFIX,
     Keys,
     publish_keys,
     renewal_due,
+    served_models,
 )
 from serving.service import CertifySettings, PurificationService
 
@@ -179,7 +179,7 @@ def run(config: dict) -> None:
     certify = CertifySettings(**config["certify"])
     name = config["model"]
     answerers = {model: Answerer(service, model, mode, ServingMetrics(model, families), certify)
-                 for model, mode in ((name, "classify"), (name + PURIFY_SUFFIX, "purify"))}
+                 for model, mode in served_models(name, service.bundle.has_purifier).items()}
     models = [build_model(answerer) for answerer in answerers.values()]
     keyring = KeyRing(directory, config["token_expiration_min"] * 60) if config["token_auth"] else None
     families.registry.register(ScrapeTime(models, keyring))

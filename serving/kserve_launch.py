@@ -1,8 +1,8 @@
 """Start the KServe front (serving.kserve_front) for one bundle: ``purifier serve --front kserve``.
 
 Exports the bundle to ONNX if needed, writes the front's settings to STATE/kserve.json, starts
-``python -m serving.kserve_front`` (detached, or attached with ``foreground``), and returns once both models
-answer their v2 readiness endpoint; a front that cannot start is stopped and its log's last line raised.
+``python -m serving.kserve_front`` (detached, or attached with ``foreground``), and returns once every served model
+answers its v2 readiness endpoint; a front that cannot start is stopped and its log's last line raised.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 from purifier.bundle import load_bundle
 from purifier.errors import PurifierError
 from serving.server_state import (
-    PURIFY_SUFFIX,
     SERVER_FILE,
     Server,
     model_ready,
+    served_models,
     server_env,
     stay_until_signalled,
 )
@@ -52,7 +52,7 @@ def serve_kserve(bundle_path: Path | None = None, port: int = 8080, foreground: 
     env.pop("PROMETHEUS_MULTIPROC_DIR")  # one process: its metrics live in memory
     process = subprocess.Popen([sys.executable, "-m", "serving.kserve_front", str(directory / "kserve.json")], cwd=directory,
                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(name, (name, name + PURIFY_SUFFIX), f"http://127.0.0.1:{port}", "", f"http://127.0.0.1:{port + 2}", access.token_auth,
+    server = Server(name, tuple(served_models(name, bundle.has_purifier)), f"http://127.0.0.1:{port}", "", f"http://127.0.0.1:{port + 2}", access.token_auth,
                     front="kserve", pid=process.pid)
     deadline = time.monotonic() + timeout_s
     while not model_ready(server, directory):

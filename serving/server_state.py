@@ -46,6 +46,11 @@ RENEW_FRACTION = 0.2
 RENEW_AT_MOST_S = 600.0
 
 
+def served_models(name: str, has_purifier: bool) -> dict[str, str]:
+    """Model name -> mode for a bundle served as NAME: NAME classifies and, when the bundle has a purifier, NAME-purify purifies."""
+    return {name: "classify", **({name + PURIFY_SUFFIX: "purify"} if has_purifier else {})}
+
+
 def state_dir() -> Path:
     return Path(os.environ.get("PURIFIER_SERVE_DIR", Path.home() / ".cache" / "purifier" / "serve"))
 

@@ -1,8 +1,8 @@
 """Start, check and stop TorchServe for one bundle, bound to 127.0.0.1 with token auth on.
 
-``serve()`` exports the bundle to ONNX if needed, archives it with the handler twice (model
-NAME classifies, model NAME-purify only purifies), writes a config.properties and the metrics
-config, starts TorchServe, waits until both models' workers are READY, publishes the keys and
+``serve()`` exports the bundle to ONNX if needed, archives it with the handler (model
+NAME classifies and, for a bundle with a purifier, model NAME-purify only purifies), writes a config.properties and the metrics
+config, starts TorchServe, waits until every served model's workers are READY, publishes the keys and
 starts serving.sidecar (key renewal, the Prometheus endpoint). Requests are batched
 dynamically (``batch_size`` images at most, waiting up to ``max_batch_delay_ms``). Ports: PORT
 inference, PORT+1 management (loopback), PORT+2 metrics (the sidecar), PORT+3 TorchServe's own
@@ -32,6 +32,7 @@ from purifier.bundle import Bundle, load_bundle
 from purifier.errors import PurifierError
 from serving.server_state import (
     PURIFY_SUFFIX,
+    served_models,
     SERVER_FILE,
     TOKEN_EXPIRATION_MIN,
     Server,
@@ -193,7 +194,7 @@ def serve(
         return server
     directory = fresh_state(list(range(port, port + 4)), access, "pass --port with four free consecutive ports")
     (directory / "prometheus").mkdir()
-    modes = ("classify", "purify") if handler == HANDLER else ("classify",)
+    modes = list(served_models(model_name(bundle), bundle.has_purifier).values()) if handler == HANDLER else ["classify"]
     archives = [build_archive(bundle, directory, seed, mode, batching, handler, runtime, certify) for mode in modes]
     store = archives[0].parent
     config = write_config(directory, store, port, host, access)

@@ -20,7 +20,7 @@ def serve(args: list[str], state_dir, timeout: float = 240) -> subprocess.Comple
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def check_with_tritonclient(address: str, headers: dict, fmnist_test, model: str = "fmnist-default") -> None:
+def check_with_tritonclient(address: str, headers: dict, fmnist_test, model: str) -> None:
     """NVIDIA's tritonclient[http] against a front: server health, then UINT8 and BYTES (PNG files) inputs, binary and JSON,
     requested outputs honoured (binary or not, as asked), every output binary when none is named."""
     import numpy as np

@@ -8,12 +8,13 @@ import torch
 
 from evaluation.accuracy import accuracy
 from evaluation.attacks import BPDA, pgd
-from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+from purifier.assets import REFERENCE_PIPELINE
+from purifier.bundle import load_bundle
 
 
 @pytest.fixture(scope="module")
 def bundle():
-    return load_bundle(DEFAULT_BUNDLE)
+    return load_bundle(REFERENCE_PIPELINE)
 
 
 @pytest.fixture(scope="module")

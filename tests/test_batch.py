@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from purifier.assets import REFERENCE_PIPELINE
 from purifier.bundle import DEFAULT_BUNDLE
 from purifier.errors import PurifierError
 from purifier.images import encode_png
@@ -17,7 +18,7 @@ from serving.service import PurificationService
 
 @pytest.fixture(scope="module")
 def service():
-    return PurificationService.from_bundle(DEFAULT_BUNDLE, seed=0)
+    return PurificationService.from_bundle(REFERENCE_PIPELINE, seed=0)
 
 
 def test_default_pipeline_classifies_real_images(service, fmnist_test):
@@ -68,9 +69,10 @@ def test_purify_folder_writes_every_image_and_a_line_each(tmp_path, fmnist_test)
 
 
 def test_same_seed_same_output(tmp_path, fmnist_test):
+    """With a stochastic pipeline: the seed fixes every draw."""
     _folder(tmp_path / "src", fmnist_test, 8)
-    purify_folder(tmp_path / "src", tmp_path / "a")
-    purify_folder(tmp_path / "src", tmp_path / "b")
+    purify_folder(tmp_path / "src", tmp_path / "a", bundle=REFERENCE_PIPELINE)
+    purify_folder(tmp_path / "src", tmp_path / "b", bundle=REFERENCE_PIPELINE)
     for file in (tmp_path / "a").rglob("*.png"):
         assert file.read_bytes() == (tmp_path / "b" / file.relative_to(tmp_path / "a")).read_bytes()
 
@@ -85,3 +87,6 @@ def test_name_collisions_and_bad_folders_are_refused(tmp_path, fmnist_test):
         purify_folder(tmp_path / "nowhere", tmp_path / "dst")
     with pytest.raises(PurifierError, match="inside the source"):
         purify_folder(tmp_path / "src", tmp_path / "src" / "out")
+    with pytest.raises(PurifierError, match="has no purifier, so there is nothing to purify; pass --bundle") as refused:
+        purify_folder(tmp_path / "src", tmp_path / "dst", bundle=DEFAULT_BUNDLE)  # the served default: a classifier alone
+    assert "\n" not in str(refused.value) and not (tmp_path / "dst").exists()

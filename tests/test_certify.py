@@ -12,8 +12,8 @@ from torch import nn
 
 from cli.main import main
 from evaluation.certification import torch_engine
-from purifier.assets import CHECKOUT_BUNDLES
-from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+from purifier.assets import CHECKOUT_BUNDLES, REFERENCE_PIPELINE
+from purifier.bundle import load_bundle
 from purifier.models import Identity
 from purifier.pipeline import Pipeline
 from purifier.smoothing import certify, lower_confidence_bound
@@ -150,7 +150,7 @@ def test_certified_table_pairs_two_reports_of_one_sigma(denoiser, tmp_path, caps
 
 def test_certify_refuses_a_bundle_without_the_gaussian_transform(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["certify", str(DEFAULT_BUNDLE), "--out", str(tmp_path / "out"), "--quick"])
+        main(["certify", str(REFERENCE_PIPELINE), "--out", str(tmp_path / "out"), "--quick"])
     assert exit_info.value.code == 2 and "gaussian" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
@@ -208,7 +208,7 @@ def test_purify_certify_writes_radii_and_a_non_smoothing_model_refuses(denoiser,
     records = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 12 and all("certified_radius" in r and "smoothed_label" in r for r in records)
     with pytest.raises(RequestFormatError, match="cannot certify"):
-        PurificationService.from_bundle(DEFAULT_BUNDLE, seed=0).certify(np.zeros((1, 28, 28, 1), dtype=np.uint8))
+        PurificationService.from_bundle(REFERENCE_PIPELINE, seed=0).certify(np.zeros((1, 28, 28, 1), dtype=np.uint8))
 
 
 def test_noise_trained_classifier_is_a_certifiable_bundle(tmp_path, capsys):

@@ -9,8 +9,8 @@ import pytest
 
 from evaluation.evaluate import EvaluationConfig, evaluate
 from evaluation.report import write_report
-from purifier.assets import CHECKOUT_BUNDLES
-from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+from purifier.assets import CHECKOUT_BUNDLES, REFERENCE_PIPELINE
+from purifier.bundle import load_bundle
 from purifier.errors import PurifierError
 
 TINY = dict(images=8, clean_images=200, corruption_images=40, batch_size=8,
@@ -20,7 +20,7 @@ TINY = dict(images=8, clean_images=200, corruption_images=40, batch_size=8,
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluation")
-    write_report(evaluate(DEFAULT_BUNDLE, out, EvaluationConfig.quick_run(**TINY)), out)
+    write_report(evaluate(REFERENCE_PIPELINE, out, EvaluationConfig.quick_run(**TINY)), out)
     return out
 
 
@@ -56,7 +56,7 @@ def test_later_attacks_only_spend_compute_on_unbroken_images(report_dir):
 
 def test_rerun_resumes_without_redoing_work(report_dir):
     before = json.loads((report_dir / "partial.json").read_text())
-    evaluation = evaluate(DEFAULT_BUNDLE, report_dir, EvaluationConfig.quick_run(**TINY))
+    evaluation = evaluate(REFERENCE_PIPELINE, report_dir, EvaluationConfig.quick_run(**TINY))
     for key, value in before["results"].items():
         if isinstance(value, dict) and "correct" in value:
             assert evaluation.results[key] == value  # nothing recomputed
@@ -67,14 +67,14 @@ def test_runs_saved_before_an_option_existed_still_resume(report_dir):
     saved = json.loads(partial.read_text())
     del saved["config"]["seed"]  # as if "seed" had been added after this run started (its value here is the default)
     partial.write_text(json.dumps(saved))
-    evaluation = evaluate(DEFAULT_BUNDLE, report_dir, EvaluationConfig.quick_run(**TINY))
+    evaluation = evaluate(REFERENCE_PIPELINE, report_dir, EvaluationConfig.quick_run(**TINY))
     assert evaluation.results["clean"] == saved["results"]["clean"]
 
 
 def test_partial_results_follow_the_model_not_its_path(report_dir, tmp_path):
     before = json.loads((report_dir / "partial.json").read_text())
     moved = tmp_path / "moved"
-    shutil.copytree(DEFAULT_BUNDLE, moved)
+    shutil.copytree(REFERENCE_PIPELINE, moved)
     assert evaluate(moved, report_dir, EvaluationConfig.quick_run(**TINY)).results["clean"] == before["results"]["clean"]
     with pytest.raises(PurifierError, match="another model"):
         evaluate(CHECKOUT_BUNDLES / "fmnist-pretrained", report_dir, EvaluationConfig.quick_run(**TINY))
@@ -86,7 +86,7 @@ def test_a_composed_bundle_reuses_the_attacks_on_its_classifier(report_dir, tmp_
     out = tmp_path / "out"
     out.mkdir()
     (out / "partial.json").write_text(json.dumps({**saved, "results": {k: v for k, v in saved["results"].items() if k not in on_classifier}}))
-    evaluation = evaluate(DEFAULT_BUNDLE, out, EvaluationConfig.quick_run(**TINY), reuse_classifier=report_dir)
+    evaluation = evaluate(REFERENCE_PIPELINE, out, EvaluationConfig.quick_run(**TINY), reuse_classifier=report_dir)
     assert {key: evaluation.results[key] for key in on_classifier} == on_classifier  # taken, not run again
     assert write_report(evaluation, out)["protocol"]["classifier_attacks_from"] == str(report_dir)
     with pytest.raises(PurifierError, match="another classifier"):
@@ -95,7 +95,7 @@ def test_a_composed_bundle_reuses_the_attacks_on_its_classifier(report_dir, tmp_
 
 def test_partial_results_of_other_options_are_refused(report_dir):
     with pytest.raises(PurifierError, match="other options"):
-        evaluate(DEFAULT_BUNDLE, report_dir, EvaluationConfig.quick_run(**{**TINY, "images": 16}))
+        evaluate(REFERENCE_PIPELINE, report_dir, EvaluationConfig.quick_run(**{**TINY, "images": 16}))
 
 
 @pytest.mark.parametrize("bundle,flow,match", [
@@ -111,7 +111,7 @@ def test_a_bundle_of_the_wrong_kind_is_refused_before_anything_is_written(bundle
 
 def test_record_writes_headline_into_a_verified_bundle(report_dir, tmp_path):
     copy = tmp_path / "bundle"
-    shutil.copytree(DEFAULT_BUNDLE, copy)
+    shutil.copytree(REFERENCE_PIPELINE, copy)
     write_report(evaluate(copy, tmp_path / "out", EvaluationConfig.quick_run(**TINY)), tmp_path / "out", record=True)
     robustness = load_bundle(copy).manifest["metrics"]["robustness"]
     assert set(robustness) >= {"clean", "linf_0.1_worst_case", "l2_1.5_worst_case", "corruption_mean", "protocol"}
@@ -179,7 +179,7 @@ def test_a_run_made_before_worst_of_n_is_completed_without_redoing_it(report_dir
     out = tmp_path / "old"
     out.mkdir()
     (out / "partial.json").write_text(json.dumps(saved))
-    results = evaluate(DEFAULT_BUNDLE, out, EvaluationConfig.quick_run(**TINY)).results
+    results = evaluate(REFERENCE_PIPELINE, out, EvaluationConfig.quick_run(**TINY)).results
     for key, record in results.items():
         if key.startswith("pipeline|"):
             assert record["correct"] == saved["results"][key]["correct"] and "catch_up_seconds" in record

@@ -98,10 +98,10 @@ def test_sealed_graph_agrees_with_pytorch_over_many_draws(tmp_path, fmnist_test)
     often as two PyTorch draws agree with each other."""
     import onnxruntime
 
-    from purifier.bundle import DEFAULT_BUNDLE
+    from purifier.assets import REFERENCE_PIPELINE
 
     copy = tmp_path / "default"
-    shutil.copytree(DEFAULT_BUNDLE, copy)
+    shutil.copytree(REFERENCE_PIPELINE, copy)
     bundle = export_bundle(copy)
     images, labels = fmnist_test.head(1000).tensors()
     session = onnxruntime.InferenceSession(str(bundle.file("onnx/sealed.onnx")), providers=["CPUExecutionProvider"])

@@ -11,8 +11,8 @@ import torch
 from cli.main import main
 from evaluation.accuracy import accuracy
 from evaluation.attacks import joint_pgd, pgd
-from purifier.assets import CHECKOUT_BUNDLES
-from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+from purifier.assets import CHECKOUT_BUNDLES, REFERENCE_PIPELINE
+from purifier.bundle import load_bundle
 from purifier.models.flow import Glow
 from training.ijsat import robust_mixup_batch
 
@@ -94,7 +94,7 @@ def test_train_flow_writes_a_flow_bundle_that_learned(flow_bundle):
 def test_joint_space_attack_stays_in_its_budget_and_is_stronger_than_image_space(fmnist_test):
     torch.manual_seed(2)
     flow = _perturbed(Glow(in_channels=1, levels=2, steps=2, hidden=16), 0.01).requires_grad_(False)
-    classifier = load_bundle(DEFAULT_BUNDLE).classifier().requires_grad_(False)
+    classifier = load_bundle(REFERENCE_PIPELINE).classifier().requires_grad_(False)
     images, labels = fmnist_test.head(100).tensors()
     image_only = joint_pgd(classifier, flow, images, labels, eps=0.02, eta=0.0, steps=10, generator=torch.Generator().manual_seed(0))
     assert float((image_only - images).abs().max()) <= 0.02 + 1e-4  # η = 0: the L∞ ball (up to the flow's float error)
@@ -105,7 +105,7 @@ def test_joint_space_attack_stays_in_its_budget_and_is_stronger_than_image_space
 
 
 def test_robust_mixup_attacks_interpolated_pairs_with_mixed_labels(flow_bundle, fmnist_test):
-    classifier = load_bundle(DEFAULT_BUNDLE).classifier().requires_grad_(False)
+    classifier = load_bundle(REFERENCE_PIPELINE).classifier().requires_grad_(False)
     images, labels = fmnist_test.head(32).tensors()
     adversarial, mixed, targets = robust_mixup_batch(classifier, flow_bundle.flow().requires_grad_(False), images, labels, 10,
                                                      eps=0.1, eta=0.1, steps=2, alpha=1.0, generator=torch.Generator().manual_seed(0))

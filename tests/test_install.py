@@ -1,5 +1,5 @@
 """Installed like a library: the wheel built from this checkout, installed into a fresh directory and run from
-another one, finds its default bundle and example images, serves `purifier --version`, and answers
+another one, finds its default bundle, default purifier and example images, serves `purifier --version`, and answers
 `purifier serve --status` without importing torch."""
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ def _python(code: str, installed, timeout: float = 120) -> subprocess.CompletedP
 def test_the_installed_package_finds_its_default_bundle_and_examples(installed):
     site = installed[0]
     result = _python("import purifier.bundle as b, serving.server_state as s, cli.main as c; print(c.__file__); "
-                     "print(b.load_bundle(b.DEFAULT_BUNDLE).path); print(s.EXAMPLE_IMAGE.is_file())", installed)
+                     "print(b.load_bundle(b.DEFAULT_BUNDLE).path); print(b.load_bundle(b.DEFAULT_PURIFIER).path); "
+                     "print(s.EXAMPLE_IMAGE.is_file())", installed)
     assert result.returncode == 0, result.stderr
-    cli_file, bundle, example = result.stdout.split()
-    assert cli_file.startswith(str(site)) and bundle.startswith(str(site)) and example == "True"
+    cli_file, bundle, purifier_bundle, example = result.stdout.split()
+    assert all(path.startswith(str(site)) for path in (cli_file, bundle, purifier_bundle)) and example == "True"
 
 
 def test_version_and_status_answer_without_torch(installed):

@@ -1,6 +1,6 @@
-"""`purifier serve --front kserve`: the real KServe ModelServer (PyPI kserve) on 127.0.0.1 with the default bundle,
-driven by the real tritonclient: the complete Open Inference Protocol v2, the TorchServe front's answers and errors,
-the same key file, metrics on PORT+2, and a graceful stop."""
+"""`purifier serve --front kserve`: the real KServe ModelServer (PyPI kserve) on 127.0.0.1 with the default bundle
+(a classifier without purifier, so no NAME-purify model), driven by the real tritonclient: the complete Open Inference
+Protocol v2, the TorchServe front's answers and errors, the same key file, metrics on PORT+2, and a graceful stop."""
 
 from __future__ import annotations
 
@@ -43,10 +43,10 @@ def front(tmp_path_factory, fmnist_test):
 def test_tritonclient_sees_the_complete_protocol(front, fmnist_test):
     import tritonclient.http as httpclient
 
-    check_with_tritonclient(f"127.0.0.1:{PORT}", front["headers"], fmnist_test)
+    check_with_tritonclient(f"127.0.0.1:{PORT}", front["headers"], fmnist_test, "fmnist-default")
     client = httpclient.InferenceServerClient(f"127.0.0.1:{PORT}")
-    for model in ("fmnist-default", "fmnist-default-purify"):
-        assert client.is_model_ready(model, headers=front["headers"])
+    assert client.is_model_ready("fmnist-default", headers=front["headers"])
+    assert not client.is_model_ready("fmnist-default-purify", headers=front["headers"])  # nothing to purify with
     metadata = client.get_model_metadata("fmnist-default", headers=front["headers"])
     assert metadata["name"] == "fmnist-default" and {o["name"] for o in metadata["outputs"]} >= {"label", "probabilities"}
 
@@ -75,7 +75,8 @@ def test_metrics_status_and_key_on_the_kserve_front(front):
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(
         requests.get(f"http://127.0.0.1:{PORT + 2}/metrics", timeout=30).text) for s in family.samples}
     assert samples[("purifier_images_total", (("model", "fmnist-default"),))] >= 10
-    assert samples[("purifier_model_ready", (("model", "fmnist-default-purify"),))] == 1
+    assert samples[("purifier_model_ready", (("model", "fmnist-default"),))] == 1
+    assert ("purifier_model_ready", (("model", "fmnist-default-purify"),)) not in samples
     assert samples[("purifier_rejected_inputs_total", (("model", "fmnist-default"), ("reason", "not_an_image")))] >= 1
     assert _serve(["--status"], front["state"]).returncode == 0
     assert _serve(["--key"], front["state"]).stdout.strip() == read_keys(front["state"] / "serve").inference

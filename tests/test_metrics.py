@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from purifier.bundle import DEFAULT_BUNDLE
+from purifier.assets import REFERENCE_PIPELINE
 from serving.metrics import ServingMetrics
 from serving.service import PurificationService
 
@@ -45,7 +45,7 @@ def _buckets(text: str, name: str) -> list[tuple[float, float]]:
 @pytest.fixture(scope="module")
 def measured(fmnist_test):
     """Wall times of 240 real pipeline batches (1 to 32 images), each recorded as a request latency."""
-    service = PurificationService.from_bundle(DEFAULT_BUNDLE, seed=0)
+    service = PurificationService.from_bundle(REFERENCE_PIPELINE, seed=0)
     metrics = ServingMetrics("fmnist-default")
     rng, seconds = np.random.default_rng(0), []
     for _ in range(240):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from purifier.bundle import DEFAULT_BUNDLE
+from purifier.assets import REFERENCE_PIPELINE
 from purifier.errors import BadInputError
 from purifier.images import encode_png
 from serving.protocols import (
@@ -172,7 +172,7 @@ def test_malformed_binary_framing_is_a_400_with_a_reason(header, data, reason):
 
 
 def test_requested_outputs_narrow_the_answer_and_binary_outputs_round_trip(pngs):
-    service = PurificationService.from_bundle(DEFAULT_BUNDLE, seed=0)
+    service = PurificationService.from_bundle(REFERENCE_PIPELINE, seed=0)
     body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": [_b64(p) for p in pngs[:2]]}],
             "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}, {"name": "label"}]}
     request = parse_request({"body": body}, SHAPE)

@@ -9,14 +9,15 @@ import pytest
 
 from cli.main import main
 from export.quantize import adversarial_batches
-from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+from purifier.assets import REFERENCE_PIPELINE
+from purifier.bundle import load_bundle
 from serving.service import PurificationService
 
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory):
     copy = tmp_path_factory.mktemp("int8") / "bundle"
-    shutil.copytree(DEFAULT_BUNDLE, copy)
+    shutil.copytree(REFERENCE_PIPELINE, copy)
     main(["quantize", str(copy), "--calibration-images", "128", "--robust-images", "32", "--steps", "3", "--eot", "2"])
     return load_bundle(copy)
 
@@ -45,7 +46,7 @@ def test_a_killed_robust_check_resumes_from_its_saved_batches(tmp_path, fmnist_t
     saved_first_batch = np.clip(images[:100] + 0.05, 0, 1).astype(np.float32)
     cache.mkdir()
     np.save(cache / "000000.npy", saved_first_batch)
-    pipeline = load_bundle(DEFAULT_BUNDLE).pipeline(seed=0)
+    pipeline = load_bundle(REFERENCE_PIPELINE).pipeline(seed=0)
     adversarial = adversarial_batches(pipeline, cache, images, labels, steps=2, eot=1)
     assert np.array_equal(adversarial[:100], saved_first_batch)
     assert adversarial.shape == images.shape and np.abs(adversarial[100:] - images[100:]).max() <= 0.1 + 1e-6

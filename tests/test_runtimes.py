@@ -8,15 +8,15 @@ import onnxruntime
 import pytest
 import torch
 
-from purifier.assets import CHECKOUT_BUNDLES
-from purifier.bundle import DEFAULT_BUNDLE, load_bundle
+from purifier.assets import CHECKOUT_BUNDLES, REFERENCE_PIPELINE
+from purifier.bundle import load_bundle
 from purifier.errors import PurifierError
 from serving.runtime import RUNTIMES, create_runtime
 
 
 @pytest.fixture(scope="module")
 def bundle():
-    return load_bundle(DEFAULT_BUNDLE)
+    return load_bundle(REFERENCE_PIPELINE)
 
 
 def test_unknown_runtime_lists_the_known_ones(bundle):
