@@ -22,7 +22,8 @@ def _report(root: Path, name: str, linf: float, l2: float, clean: float, draws: 
     if draws is not None:
         head.update(draws=draws, clean_worst_of_n=clean, **{"linf_0.1_worst_of_n": linf, "l2_1.5_worst_of_n": l2})
     (root / name).mkdir()
-    (root / name / "report.json").write_text(json.dumps({"bundle": name, "headline": head}))
+    report = {"bundle": name, "headline": head, "protocol": {"images": 500}, "clean": {"images": 10000}}
+    (root / name / "report.json").write_text(json.dumps(report))
     return root / name
 
 
