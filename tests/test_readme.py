@@ -90,6 +90,7 @@ def test_every_block_is_run_or_says_why_not():
 @needs_java
 def test_the_serve_block_prints_a_curl_line_that_works(server):
     assert "serving model 'fmnist-default'" in server["stdout"]
+    assert "purify only" not in server["stdout"]  # the default has no purifier, so no fmnist-default-purify model
     line = next(line for line in server["stdout"].splitlines() if "try:" in line).split("try:", 1)[1].strip()
     answered = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=60, env=_environment(server["state"]))
     assert '"label": "Sneaker"' in answered.stdout, answered.stdout + answered.stderr
