@@ -1,7 +1,8 @@
 """The declared rule that picks the served default, applied to evaluation reports.
 
-    python -m evaluation.ranking reports/fmnist-*             # the standings and the winner
-    python -m evaluation.ranking reports/fmnist-* --install   # and make the winner the shipped default
+    python -m evaluation.ranking REPORT_DIR...             # the standings and the winners
+    python -m evaluation.ranking REPORT_DIR... --install   # and ship the winners in the package
+    scripts/results.sh default                             # the latter, over every finished report
 
 Systems are ordered by the accuracy an attacker faces as served, on the worst of N transform
 draws: first at L∞ 0.1, then at L2 1.5, then on clean images (higher first, lexicographically).
@@ -93,7 +94,10 @@ def install(standing: Standing, standings: list[Standing], target: Path) -> None
 
 def winners(standings: list[Standing]) -> dict[Path, Standing]:
     """Shipped directory -> the standing it must hold: the leader, and the leader among systems with a purifier."""
-    return {DEFAULT_BUNDLE_DIR: standings[0], DEFAULT_PURIFIER_DIR: next(s for s in standings if s.purifies)}
+    purifying = next((s for s in standings if s.purifies), None)
+    if purifying is None:
+        raise PurifierError("no report among those given is of a system with a purifier; add one (e.g. reports/fmnist-jatp-pgd-at)")
+    return {DEFAULT_BUNDLE_DIR: standings[0], DEFAULT_PURIFIER_DIR: purifying}
 
 
 def main() -> None:

@@ -37,6 +37,8 @@ def test_the_rule_orders_by_linf_then_l2_then_clean_on_the_worst_of_n(tmp_path):
     assert standings[2].key == (0.5, 0.4, 0.95)  # the worst-of-N figures, not the single draw's
     assert {target.name: s.bundle for target, s in winners(standings).items()} == {"fmnist-default": "d", "fmnist-purifier": "d"}
     assert winners(standings[1:2] + standings[2:])[DEFAULT_PURIFIER_DIR].bundle == "b"  # the best with a purifier
+    with pytest.raises(PurifierError, match="no report among those given is of a system with a purifier"):
+        winners([standings[1]])
 
 
 def test_a_one_draw_upper_bound_in_the_lead_leaves_the_ranking_undecided(tmp_path):
