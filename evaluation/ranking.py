@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation.compare import compare
-from evaluation.stats import format_p, wilson
+from evaluation.stats import format_p, with_interval
 from purifier.assets import DEFAULT_BUNDLE_DIR, DEFAULT_PURIFIER_DIR
 from purifier.bundle import load_bundle, update_manifest
 from purifier.errors import PurifierError
@@ -38,6 +38,7 @@ class Standing:
     """One system's figures under the rule; ``upper_bound`` when they are one draw of a stochastic pipeline."""
     report: Path
     bundle: str
+    bundle_path: Path
     purifies: bool
     linf: float
     l2: float
@@ -63,7 +64,7 @@ def standing(report_dir: Path) -> Standing | None:
         return None
     judged = head.get("linf_0.1_worst_of_n") is not None
     pick = (lambda name: head[f"{name}_worst_of_n"]) if judged else (lambda name: head[f"{name}_worst_case"])
-    return Standing(Path(report_dir), report["bundle"], head["model"] == "pipeline", pick("linf_0.1"), pick("l2_1.5"),
+    return Standing(Path(report_dir), report["bundle"], Path(report.get("bundle_path") or Path("bundles") / report["bundle"]), head["model"] == "pipeline", pick("linf_0.1"), pick("l2_1.5"),
                     head["clean_worst_of_n"] if judged else head["clean"], head.get("draws") or 1, not judged,
                     report["protocol"]["images"], report["clean"]["images"])
 
@@ -81,8 +82,7 @@ def rank(report_dirs: list[Path]) -> list[Standing]:
 
 def install(standing: Standing, standings: list[Standing], target: Path) -> None:
     """Copy ``standing``'s bundle to ``target`` (atomically) under the served name ``target.name``, recording why."""
-    report = json.loads((standing.report / "report.json").read_text())
-    source = load_bundle(report.get("bundle_path") or Path("bundles") / standing.bundle)
+    source = load_bundle(standing.bundle_path)
     staged = staging_dir(target)
     shutil.copytree(source.path, staged, dirs_exist_ok=True)
     selection = {"rule": RULE, "selected": standing.bundle, "report": str(standing.report),
@@ -112,18 +112,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for place, entry in enumerate(standings, 1):
         bound = " (one draw: upper bound)" if entry.upper_bound else ""
-        print(f"| {place} | `{entry.bundle}` | {entry.draws} | {_with_interval(entry.linf, entry.attacked)}{bound} "
-              f"| {_with_interval(entry.l2, entry.attacked)} | {_with_interval(entry.clean, entry.clean_images, 2)} "
+        print(f"| {place} | `{entry.bundle}` | {entry.draws} | {with_interval(entry.linf, entry.attacked)}{bound} "
+              f"| {with_interval(entry.l2, entry.attacked)} | {with_interval(entry.clean, entry.clean_images, 2)} "
               f"| {'' if entry is leader else _paired_p(leader, entry)} |")
     for target, standing in winners(standings).items():
         print(f"{target.name}: {standing.bundle} ({standing.report})")
         if args.install:
             install(standing, standings, target)
-
-
-def _with_interval(fraction: float, images: int, digits: int = 1) -> str:
-    low, high = wilson(round(fraction * images), images)
-    return f"{fraction:.{digits}%} [{low:.1%}, {high:.1%}]".replace("%,", ",").replace("%]", "]")
 
 
 def _paired_p(leader: Standing, other: Standing) -> str:

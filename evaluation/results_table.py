@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from evaluation.stats import wilson
+from evaluation.stats import with_interval
 from purifier.bundle import load_bundle
 
 
@@ -64,10 +64,7 @@ def row(report_dir: Path, timing: bool = True) -> dict:
 
 def _figure(value: float | None, images: int) -> str:
     """'46.2% [41.9, 50.6]': a figure with its 95% Wilson interval, or — when the report lacks it."""
-    if value is None:
-        return "—"
-    low, high = wilson(round(value * images), images)
-    return f"{value:.1%} [{low * 100:.1f}, {high * 100:.1f}]"
+    return "—" if value is None else with_interval(value, images)
 
 
 def markdown(rows: list[dict]) -> str:

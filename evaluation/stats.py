@@ -52,6 +52,12 @@ class PairedTest:
                 f"(of {self.images}; exact McNemar p = {format_p(self.p_value)}, {verdict} at 5%)")
 
 
+def with_interval(value: float, images: int, digits: int = 1) -> str:
+    """'46.2% [41.9, 50.6]': a proportion of ``images`` with its 95% Wilson interval, in points."""
+    low, high = wilson(round(value * images), images)
+    return f"{value:.{digits}%} [{low * 100:.1f}, {high * 100:.1f}]"
+
+
 def format_p(value: float) -> str:
     """A p-value for a table: '< 1e-300' where the exact tail underflows a float."""
     return "< 1e-300" if value == 0 else f"{value:.3g}"

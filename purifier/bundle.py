@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from purifier.data import ImageDataset, load_dataset
-from purifier.assets import DEFAULT_BUNDLE_DIR, DEFAULT_PURIFIER_DIR
+from purifier.assets import DEFAULT_BUNDLE_DIR
 from purifier.errors import BundleError, DataError
 from purifier.fsutil import atomic_write_json, publish_dir, sha256_file, staging_dir
 from purifier.models import CLASSIFIERS, FLOWS, PURIFIERS, build
@@ -39,7 +39,6 @@ from purifier.transforms import RandomTransform
 SCHEMA_VERSION = 1
 MANIFEST = "bundle.json"
 DEFAULT_BUNDLE = Path(os.environ.get("PURIFIER_DEFAULT_BUNDLE", DEFAULT_BUNDLE_DIR))
-DEFAULT_PURIFIER = DEFAULT_PURIFIER_DIR
 
 
 @dataclass(frozen=True)

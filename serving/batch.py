@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from purifier.bundle import DEFAULT_PURIFIER
+from purifier.assets import DEFAULT_PURIFIER_DIR
 from purifier.data import load_dataset
 from purifier.data.folder import list_images, list_non_images
 from purifier.errors import ImageDecodeError, PurifierError
@@ -270,10 +270,10 @@ def purify_folder(src: Path, dst: Path, bundle: Path | None = None, batch_size: 
     """The ``purifier purify`` job: a folder ``src`` (or a data set split) into ``dst``; ``certify`` adds each image's smoothed label and
     certified L2 radius (randomized-smoothing bundles only) to predictions.jsonl."""
     dst = Path(dst)
-    service = PurificationService.from_bundle(bundle or DEFAULT_PURIFIER, runtime=runtime, seed=seed)
+    service = PurificationService.from_bundle(bundle or DEFAULT_PURIFIER_DIR, runtime=runtime, seed=seed)
     if not service.bundle.has_purifier:
         raise PurifierError(f"{service.bundle.path} has no purifier, so there is nothing to purify; pass --bundle with one "
-                            f"(the default, {DEFAULT_PURIFIER.name}, is the strongest the project has)")
+                            f"(the default, {DEFAULT_PURIFIER_DIR.name}, is the strongest the project has)")
     if certify and service.bundle.transform.kind != "gaussian":
         raise PurifierError(f"{service.bundle.path} cannot certify: its random transform is {service.bundle.transform.kind!r}, not gaussian; "
                             "drop --certify or pass a randomized-smoothing bundle")

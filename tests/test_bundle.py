@@ -10,7 +10,8 @@ import torch
 
 import purifier
 from evaluation.accuracy import accuracy
-from purifier.bundle import DEFAULT_BUNDLE, DEFAULT_PURIFIER, load_bundle, update_manifest
+from purifier.assets import DEFAULT_PURIFIER_DIR
+from purifier.bundle import DEFAULT_BUNDLE, load_bundle, update_manifest
 from purifier.errors import BundleError
 
 
@@ -36,7 +37,7 @@ def test_shipped_default_and_purifier_are_complete_and_accurate(fmnist_test):
     """fmnist-default (served) is the PGD-AT classifier alone, fmnist-purifier (used by 'purifier purify') a purifier in front of
     it; each records the ranking that chose it, and its recorded clean accuracy is recomputed exactly on all 10k test images."""
     images, labels = fmnist_test.tensors()
-    default, purifying = load_bundle(DEFAULT_BUNDLE), load_bundle(DEFAULT_PURIFIER)
+    default, purifying = load_bundle(DEFAULT_BUNDLE), load_bundle(DEFAULT_PURIFIER_DIR)
     assert (default.name, purifying.name) == ("fmnist-default", "fmnist-purifier")
     assert not default.has_purifier and purifying.has_purifier
     for bundle in (default, purifying):

@@ -36,8 +36,8 @@ def _python(code: str, installed, timeout: float = 120) -> subprocess.CompletedP
 
 def test_the_installed_package_finds_its_default_bundle_and_examples(installed):
     site = installed[0]
-    result = _python("import purifier.bundle as b, serving.server_state as s, cli.main as c; print(c.__file__); "
-                     "print(b.load_bundle(b.DEFAULT_BUNDLE).path); print(b.load_bundle(b.DEFAULT_PURIFIER).path); "
+    result = _python("import purifier.assets as a, purifier.bundle as b, serving.server_state as s, cli.main as c; print(c.__file__); "
+                     "print(b.load_bundle(b.DEFAULT_BUNDLE).path); print(b.load_bundle(a.DEFAULT_PURIFIER_DIR).path); "
                      "print(s.EXAMPLE_IMAGE.is_file())", installed)
     assert result.returncode == 0, result.stderr
     cli_file, bundle, purifier_bundle, example = result.stdout.split()
