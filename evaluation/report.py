@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from purifier.pipeline import Pipeline
 
 PACKAGES = ("torch", "onnxruntime", "pyautoattack", "numpy", "pillow")
 ATTACK_NAMES = {"pgd": "PGD", "autoattack": "AutoAttack", "bpda": "BPDA", "square": "Square", "joint_pgd": "joint-space PGD"}
+TRAINING_NAMES = {"standard": "standard training", "pgd": "PGD adversarial training", "fgsm_rs": "FGSM-RS adversarial training",
+                  "trades": "TRADES", "gaussian": "Gaussian-noise training"}
 
 
 def attack_title(attack: str) -> str:
@@ -273,34 +276,45 @@ def _curve(norms: dict, norm: str, clean: float) -> tuple[list[float], list[floa
     return [0.0] + [float(r) for r in radii], [clean] + values, [True] + [float(r) == HEADLINE[norm] for r in radii]
 
 
+def _baseline_label(report: dict) -> str:
+    """A baseline report's defended model in words, e.g. "baseline: classifier, PGD adversarial training (fmnist-pgd-at)";
+    the training method is read from the baseline's bundle.json when it is at the report's bundle_path."""
+    kind = "purifier → classifier" if report["headline"]["model"] == "pipeline" else "classifier"
+    manifest = Path(report.get("bundle_path", "")) / "bundle.json"
+    method = json.loads(manifest.read_text()).get("classifier", {}).get("method") if kind == "classifier" and manifest.is_file() else None
+    return f"baseline: {kind}" + (f", {TRAINING_NAMES[method]}" if method in TRAINING_NAMES else "") + f" ({report['bundle']})"
+
+
 def _plot_eps(evaluation: Evaluation, robust: dict, baselines: list[dict], path: Path) -> None:
-    """Accuracy vs ε for this bundle's models and the baseline reports' defended models, on the same axes."""
+    """Accuracy vs ε for this bundle's models (solid) and the baseline reports' defended models (dashed), on the same axes."""
     lines = []
     names = {"pipeline": "this bundle: purifier → classifier", "classifier": "this bundle: classifier alone"}
     for model, norms in robust.items():
-        lines.append((names[model], norms, _clean(evaluation, model)[1], evaluation.draws(model)))
+        lines.append((names[model], norms, _clean(evaluation, model)[1], evaluation.draws(model), "-"))
     for report in baselines:
         model = report["headline"]["model"]
         clean = report["headline"].get("clean_worst_of_n", report["headline"]["clean"])
-        lines.append((f"{report['bundle']} ({'purifier → classifier' if model == 'pipeline' else 'classifier'})", report["robust"][model], clean,
-                      report["headline"].get("draws", 1)))
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        lines.append((_baseline_label(report), report["robust"][model], clean, report["headline"].get("draws", 1), "--"))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 5))
     for axis, norm, title in ((axes[0], "linf", "L∞ attacks"), (axes[1], "l2", "L2 attacks")):
-        for index, (label, norms, clean, draws) in enumerate(lines):
+        for index, (label, norms, clean, draws, style) in enumerate(lines):
             xs, ys, full = _curve(norms, norm, clean)
             color = f"C{index}"
-            axis.plot(xs, ys, color=color, label=label + (f" (worst of {draws} draws)" if draws > 1 else ""))
+            axis.plot(xs, ys, style, color=color, label=label + (f" (worst of {draws} draws)" if draws > 1 else ""))
             axis.scatter([x for x, f in zip(xs, full) if f], [y for y, f in zip(ys, full) if f], color=color, zorder=3)
             axis.scatter([x for x, f in zip(xs, full) if not f], [y for y, f in zip(ys, full) if not f], facecolors="white", edgecolors=color, zorder=3)
         axis.set(title=f"Robust accuracy under {title}", xlabel="perturbation size ε", ylabel="accuracy (worst case over attacks)", ylim=(0, 1))
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower left")
     config = evaluation.config
     headline_attacks = ", ".join(dict.fromkeys(attack_title(u.attack) for u in evaluation.units if u.norm == "linf" and u.eps == HEADLINE["linf"]))
-    figure.text(0.5, 0.01, f"Filled points: clean (ε = 0) and the headline radius ({headline_attacks}; PGD-{config.steps} × EOT-{config.eot}); "
-                f"hollow points: lighter attack (PGD-{config.curve_steps} × EOT-{config.curve_eot}). {len(evaluation.labels)} images; "
-                "baselines as in their own reports.", ha="center", fontsize=7)
-    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    caption = textwrap.wrap(f"Filled points: clean (ε = 0) and the headline radius ({headline_attacks}; PGD-{config.steps} × EOT-{config.eot}); "
+                            f"hollow points: lighter attack (PGD-{config.curve_steps} × EOT-{config.curve_eot}). {len(evaluation.labels)} images; "
+                            "baselines (dashed) as in their own reports.", 150)
+    figure.text(0.5, 0.01, "\n".join(caption), ha="center", va="bottom", fontsize=7)
+    legend_rows = -(-len(lines) // 2)
+    bottom = 0.02 + 0.03 * len(caption)
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.5, bottom))
+    figure.tight_layout(rect=(0, bottom + 0.045 * legend_rows, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
