@@ -38,23 +38,11 @@ import torch
 
 from purifier.assets import REFERENCE_PIPELINE
 from purifier.bundle import load_bundle
+from purifier.machine import cpu_model_and_matrix_flags
 from serving.runtime import OnnxInt8Runtime, OnnxRuntime, TorchBf16Runtime, TorchRuntime
 
 BATCHES = (1, 8, 64, 256)
-MATRIX_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f")
 AMX_INT8_OVER_FP32 = 6.0  # int8 GEMM faster than this many times the float32 one: only AMX does that
-
-
-def cpu_model_and_matrix_flags() -> tuple[str, dict[str, bool]]:
-    """The CPU's model name and which of its matrix-unit flags /proc/cpuinfo lists."""
-    model, flags = "unknown CPU", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            model = value.strip()
-        elif key.strip() == "flags":
-            flags.update(value.split())
-    return model, {flag: flag in flags for flag in MATRIX_FLAGS}
 
 
 def matmul_peak_gflops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 10) -> float:
