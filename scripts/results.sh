@@ -130,6 +130,11 @@ for name in atop-on-pgd-at atop-joint-pgd-at; do
   ORDER+=("$name" "screen-$name")
 done
 ORDER+=(trades pgd-at-wide trades-wide ijsat-clean ijsat-on-pgd-at)
+# their full protocol, with the joint-space threat as for the other classifiers
+for name in trades pgd-at-wide trades-wide ijsat-clean ijsat-on-pgd-at; do
+  STEPS[eval-$name]="evaluate fmnist-$name --joint-flow bundles/fmnist-flow"
+  ORDER+=("eval-$name")
+done
 for name in denoiser-0.25 denoiser-0.5 noise-0.25 noise-0.5; do
   STEPS[certify-$name]="certify fmnist-$name"
   ORDER+=("$name" "certify-$name")
