@@ -130,9 +130,8 @@ for name in atop-on-pgd-at atop-joint-pgd-at; do
   ORDER+=("$name" "screen-$name")
 done
 ORDER+=(trades pgd-at-wide trades-wide ijsat-clean ijsat-on-pgd-at)
-# their full protocol, with the joint-space threat as for the other classifiers
-for name in trades pgd-at-wide trades-wide ijsat-clean ijsat-on-pgd-at; do
-  STEPS[eval-$name]="evaluate fmnist-$name --joint-flow bundles/fmnist-flow"
+for name in trades pgd-at-wide trades-wide ijsat-clean ijsat-on-pgd-at; do  # their full protocol (joint space added below)
+  STEPS[eval-$name]="evaluate fmnist-$name"
   ORDER+=("eval-$name")
 done
 for name in denoiser-0.25 denoiser-0.5 noise-0.25 noise-0.5; do
@@ -145,7 +144,8 @@ for name in denoiser-0.25 denoiser-0.25-stability; do
 done
 ORDER+=(denoiser-0.25-stability certify-screen-denoiser-0.25 certify-screen-denoiser-0.25-stability certify-denoiser-0.25-stability)
 # IJSAT's joint-space attack (latent space of bundles/fmnist-flow) on these rows; joint-NAME is the same step as eval-NAME
-for name in fmnist-standard fmnist-pgd-at fmnist-ijsat fmnist-jatp-on-ijsat; do
+for name in fmnist-standard fmnist-pgd-at fmnist-ijsat fmnist-jatp-on-ijsat fmnist-trades fmnist-pgd-at-wide fmnist-trades-wide \
+    fmnist-ijsat-clean fmnist-ijsat-on-pgd-at; do
   STEPS[eval-${name#fmnist-}]+=" --joint-flow bundles/fmnist-flow"
   STEPS[joint-${name#fmnist-}]=${STEPS[eval-${name#fmnist-}]}
 done
