@@ -89,10 +89,10 @@ declare -A STEPS=(
   [atop-wide-trades]="fit bundles/fmnist-atop-wide-trades atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --trades-beta 1 --epochs 5 --precision bf16"
   [atop-wide-ema]="fit bundles/fmnist-atop-wide-ema atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --trades-beta 1 --ema 0.999 --validate 1000 --epochs 5 --precision bf16"
   # the AT controls (not run yet): TRADES, and PGD-AT / TRADES widened to the parameter count of the wide pipeline (472k purifier
-  # + 78k classifier: widths 43,86,172 give 555k)
+  # + 78k classifier: widths 43,86,172 give 555k; committed without ONNX graphs, like the wide purifiers)
   [trades]="train bundles/fmnist-trades classifier --method trades --beta 6 --attack-steps 7 --eps 0.1 --epochs 15 --precision bf16"
-  [pgd-at-wide]="train bundles/fmnist-pgd-at-wide classifier --method pgd --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision bf16"
-  [trades-wide]="train bundles/fmnist-trades-wide classifier --method trades --beta 6 --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision bf16"
+  [pgd-at-wide]="fit bundles/fmnist-pgd-at-wide classifier --method pgd --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision bf16"
+  [trades-wide]="fit bundles/fmnist-trades-wide classifier --method trades --beta 6 --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision bf16"
   # purification on top of adversarial training: fine-tuned against the PGD-AT classifier without the random transform (the goal
   # is clean within a point of PGD-AT, which the mask's 14-point cost rules out), and jointly with it through the transform
   [atop-on-pgd-at]="fit bundles/fmnist-atop-on-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
