@@ -88,7 +88,7 @@ declare -A STEPS=(
   # (reports/screen: 81.45% clean, 60.0% at L∞ 0.1 against 75.95% and 53.0% for the masked wide purifier)
   [atop-wide-trades]="fit bundles/fmnist-atop-wide-trades atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --trades-beta 1 --epochs 5 --precision bf16"
   [atop-wide-ema]="fit bundles/fmnist-atop-wide-ema atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --trades-beta 1 --ema 0.999 --validate 1000 --epochs 5 --precision bf16"
-  # the AT controls (not run yet): TRADES, and PGD-AT / TRADES widened to the parameter count of the wide pipeline (472k purifier
+  # the AT controls: TRADES, and PGD-AT / TRADES widened to the parameter count of the wide pipeline (472k purifier
   # + 78k classifier: widths 43,86,172 give 555k; committed without ONNX graphs, like the wide purifiers)
   [trades]="train bundles/fmnist-trades classifier --method trades --beta 6 --attack-steps 7 --eps 0.1 --epochs 15 --precision bf16"
   [pgd-at-wide]="fit bundles/fmnist-pgd-at-wide classifier --method pgd --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision bf16"
