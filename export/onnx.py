@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from export.compose import behind_purifier
+from export.shared_weights import share_weights
 from purifier.bundle import Bundle, load_bundle, update_manifest
 from purifier.errors import PurifierError
 from purifier.models.imported import ImportedClassifier
@@ -148,15 +149,19 @@ def export_bundle(bundle_path: Path, tolerance: float = 1e-4, seed: int = 0) -> 
     target.mkdir(exist_ok=True)
     records = {}
     with tempfile.TemporaryDirectory(dir=target) as scratch:
-        for stage in stages:
-            staged = Path(scratch) / f"{stage}.onnx"
-            _write_graph(pipeline, stage, bundle.input_shape, staged)
+        staged = {stage: Path(scratch) / f"{stage}.onnx" for stage in stages}
+        for stage, path in staged.items():
+            _write_graph(pipeline, stage, bundle.input_shape, path)
+        # an imported classifier's classifier.onnx stays the user's graph, byte for byte
+        imported = isinstance(pipeline.classifier, ImportedClassifier)
+        weights = share_weights([path for stage, path in staged.items() if not (imported and stage == "classifier")])
+        for stage, path in staged.items():
             if stage == "sealed":
-                sealed_check(pipeline, staged, bundle.input_shape, seed)
+                sealed_check(pipeline, path, bundle.input_shape, seed)
                 records[stage] = {"file": f"{EXPORT_DIR}/{stage}.onnx", "inputs": ["image"], "outputs": ["logits", "purified"],
                                   "randomness": "drawn in the graph (RandomUniformLike, RandomNormalLike), fresh on every call"}
                 continue
-            difference = parity(pipeline, stage, staged, bundle.input_shape, seed)
+            difference = parity(pipeline, stage, path, bundle.input_shape, seed)
             print(f"{stage}.onnx: max abs difference vs PyTorch {difference:.2e} (tolerance {tolerance:.0e})", file=sys.stderr)
             if not difference <= tolerance:
                 raise ExportParityError(
@@ -164,13 +169,22 @@ def export_bundle(bundle_path: Path, tolerance: float = 1e-4, seed: int = 0) -> 
                 )
             inputs, outputs = GRAPHS[stage]
             records[stage] = {"file": f"{EXPORT_DIR}/{stage}.onnx", "inputs": list(inputs), "outputs": list(outputs), "max_abs_diff": difference}
-        for stage in stages:
-            (Path(scratch) / f"{stage}.onnx").replace(target / f"{stage}.onnx")
+        weights.replace(target / weights.name)  # before the graphs that point at it; the old graphs point at the old file
+        for stage, path in staged.items():
+            path.replace(target / path.name)
     exports = {"onnx": {
-        "opset": OPSET, "graphs": records, "parity_tolerance": tolerance, "parity_seed": seed,
+        "opset": OPSET, "graphs": records, "weights": f"{EXPORT_DIR}/{weights.name}", "parity_tolerance": tolerance, "parity_seed": seed,
         "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
     }}
-    # A new float export replaces every record derived from the old one (INT8 graphs, engines).
-    updated = update_manifest(bundle, lambda manifest: manifest.update(exports=exports), [record["file"] for record in records.values()])
+    old_weights = (bundle.manifest.get("exports") or {}).get("onnx", {}).get("weights")
+
+    def record_export(manifest: dict) -> None:
+        if old_weights not in (None, exports["onnx"]["weights"]):
+            manifest["files"].pop(old_weights, None)
+        manifest.update(exports=exports)  # a new float export replaces every record derived from the old one (INT8 graphs, engines)
+
+    updated = update_manifest(bundle, record_export, [exports["onnx"]["weights"], *(record["file"] for record in records.values())])
+    if old_weights not in (None, exports["onnx"]["weights"]):
+        bundle.file(old_weights).unlink(missing_ok=True)
     print(f"exported {', '.join(stages)} to {target}")
     return updated

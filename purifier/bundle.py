@@ -4,7 +4,7 @@
     BUNDLE/classifier.safetensors   classifier weights (never pickle)
     BUNDLE/classifier.onnx          instead, for a classifier brought by ``purifier import-classifier``: its ONNX graph
     BUNDLE/purifier.safetensors     purifier weights, when the bundle has a purifier
-    BUNDLE/onnx/*.onnx              exports, added by ``purifier export``
+    BUNDLE/onnx/*.onnx              exports, added by ``purifier export``, their weights in one onnx/weights-HASH.bin
 
 bundle.json: ``schema_version``, ``name``, ``dataset`` {name, input_shape [C,H,W], class_names, data_dir (absolute, when trained with --data-dir)},
 ``classifier`` {architecture, config (incl. normalisation mean/std), weights},

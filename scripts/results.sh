@@ -78,25 +78,24 @@ declare -A STEPS=(
   [jatp-on-ijsat]="compose bundles/fmnist-jatp-on-ijsat --purifier bundles/fmnist-jatp --classifier bundles/fmnist-ijsat"
   # plug-in purifiers for the frozen standard classifier, one change at a time: multi-step PGD, a wider U-Net (472k parameters),
   # the TRADES-style term, weight averaging with robust early stopping; each is screened, the best two get the protocol.
-  # Wide bundles are committed without ONNX graphs (fit, not train), which would take them past 5 MB; 'purifier export' makes them
-  [pretrained-wide]="fit bundles/fmnist-pretrained-wide purifier --classifier bundles/fmnist-standard --widths 32,64,128 --transform mask --epochs 10 --precision bf16"
-  [atop-wide-pgd]="fit bundles/fmnist-atop-wide-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
+  [pretrained-wide]="train bundles/fmnist-pretrained-wide purifier --classifier bundles/fmnist-standard --widths 32,64,128 --transform mask --epochs 10 --precision bf16"
+  [atop-wide-pgd]="train bundles/fmnist-atop-wide-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
   # the same without the random transform: the mask costs every masked pipeline about 14 points of clean accuracy as served
   # (worst of 10 draws), so a masked plug-in purifier cannot reach the 88% clean goal; deterministic, it is judged on one draw
-  [atop-wide-deterministic]="fit bundles/fmnist-atop-wide-deterministic atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
+  [atop-wide-deterministic]="train bundles/fmnist-atop-wide-deterministic atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
   # the TRADES term and weight averaging on top of the better of the two screens above, the deterministic one
   # (reports/screen: 81.45% clean, 60.0% at L∞ 0.1 against 75.95% and 53.0% for the masked wide purifier)
-  [atop-wide-trades]="fit bundles/fmnist-atop-wide-trades atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --trades-beta 1 --epochs 5 --precision bf16"
-  [atop-wide-ema]="fit bundles/fmnist-atop-wide-ema atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --trades-beta 1 --ema 0.999 --validate 1000 --epochs 5 --precision bf16"
+  [atop-wide-trades]="train bundles/fmnist-atop-wide-trades atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --trades-beta 1 --epochs 5 --precision bf16"
+  [atop-wide-ema]="train bundles/fmnist-atop-wide-ema atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --trades-beta 1 --ema 0.999 --validate 1000 --epochs 5 --precision bf16"
   # the AT controls: TRADES, and PGD-AT / TRADES widened to the parameter count of the wide pipeline (472k purifier
-  # + 78k classifier: widths 43,86,172 give 555k; committed without ONNX graphs, like the wide purifiers)
+  # + 78k classifier: widths 43,86,172 give 555k)
   [trades]="train bundles/fmnist-trades classifier --method trades --beta 6 --attack-steps 7 --eps 0.1 --epochs 15 --precision bf16"
-  [pgd-at-wide]="fit bundles/fmnist-pgd-at-wide classifier --method pgd --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision bf16"
-  [trades-wide]="fit bundles/fmnist-trades-wide classifier --method trades --beta 6 --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision bf16"
+  [pgd-at-wide]="train bundles/fmnist-pgd-at-wide classifier --method pgd --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision bf16"
+  [trades-wide]="train bundles/fmnist-trades-wide classifier --method trades --beta 6 --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision bf16"
   # purification on top of adversarial training: fine-tuned against the PGD-AT classifier without the random transform (the goal
   # is clean within a point of PGD-AT, which the mask's 14-point cost rules out), and jointly with it through the transform
-  [atop-on-pgd-at]="fit bundles/fmnist-atop-on-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
-  [atop-joint-pgd-at]="fit bundles/fmnist-atop-joint-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --joint --epochs 5 --precision bf16"
+  [atop-on-pgd-at]="train bundles/fmnist-atop-on-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
+  [atop-joint-pgd-at]="train bundles/fmnist-atop-joint-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --joint --epochs 5 --precision bf16"
   # IJSAT re-tested (not run yet): with the clean-interpolation term, and on top of the PGD-AT classifier, at IJSAT's budget
   [ijsat-clean]="train bundles/fmnist-ijsat-clean ijsat --flow bundles/fmnist-flow --epochs 10 --attack-steps 5 --clean-weight 1 --precision bf16"
   [ijsat-on-pgd-at]="train bundles/fmnist-ijsat-on-pgd-at ijsat --flow bundles/fmnist-flow --init bundles/fmnist-pgd-at --epochs 10 --attack-steps 5 --clean-weight 1 --precision bf16"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 
 import numpy as np
@@ -29,6 +30,29 @@ def test_graphs_are_written_hashed_and_within_tolerance(exported):
         assert name == "sealed" or record["max_abs_diff"] <= onnx["parity_tolerance"] == 1e-4
         assert record["file"] in exported.manifest["files"]
     load_bundle(exported.path)  # hashes of the new files verify
+
+
+def test_graphs_keep_each_tensor_once_in_one_weight_file(exported):
+    onnx_export = exported.manifest["exports"]["onnx"]
+    weights = exported.file(onnx_export["weights"])
+    parameter_bytes = sum(tensor.numel() * 4 for model in (exported.classifier(), exported.purifier()) for tensor in model.state_dict().values())
+    # four graphs hold the classifier three times and the purifier three times; shared, each is there once
+    assert weights.stat().st_size < 1.2 * parameter_bytes and onnx_export["weights"] in exported.manifest["files"]
+    graphs = sum(exported.file(record["file"]).stat().st_size for record in onnx_export["graphs"].values())
+    assert graphs < weights.stat().st_size
+
+
+def test_a_new_export_replaces_the_old_weight_file(exported, tmp_path):
+    target = tmp_path / "again"
+    shutil.copytree(exported.path, target)
+    manifest = json.loads((target / "bundle.json").read_text())
+    old, stale = manifest["exports"]["onnx"]["weights"], "onnx/weights-0000000000000000.bin"
+    (target / old).rename(target / stale)  # as if an earlier export had written other weights
+    manifest["exports"]["onnx"]["weights"], manifest["files"][stale] = stale, manifest["files"].pop(old)
+    (target / "bundle.json").write_text(json.dumps(manifest))
+    again = export_bundle(target)
+    assert again.manifest["exports"]["onnx"]["weights"] == old and not (target / stale).exists() and stale not in again.manifest["files"]
+    load_bundle(target)  # every listed file is there and hashes match
 
 
 @pytest.mark.parametrize("batch", [1, 5, 64])
