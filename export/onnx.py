@@ -18,8 +18,10 @@ its statistics with PyTorch's on real images).
 For a bundle whose classifier was imported (``purifier import-classifier``), classifier.onnx is the
 user's graph behind the normalisation, and pipeline.onnx and sealed.onnx join the purifier side
 exported from PyTorch to it (``export/compose.py``): the server runs the user's own graph.
-After writing, every graph is run in ONNX Runtime on fresh random inputs at two batch sizes
-and compared with PyTorch; a difference above the tolerance raises ExportParityError.
+The graphs keep their weights in one ``weights-HASH.bin`` beside them, each tensor once
+(``export/shared_weights.py``). After writing, every graph is run in ONNX Runtime on fresh random
+inputs at two batch sizes and compared with PyTorch; a difference above the tolerance raises
+ExportParityError.
 """
 
 from __future__ import annotations
