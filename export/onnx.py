@@ -179,14 +179,14 @@ def export_bundle(bundle_path: Path, tolerance: float = 1e-4, seed: int = 0) -> 
         "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
     }}
     old_weights = (bundle.manifest.get("exports") or {}).get("onnx", {}).get("weights")
+    stale = old_weights if old_weights != exports["onnx"]["weights"] else None
 
     def record_export(manifest: dict) -> None:
-        if old_weights not in (None, exports["onnx"]["weights"]):
-            manifest["files"].pop(old_weights, None)
+        manifest["files"].pop(stale, None)
         manifest.update(exports=exports)  # a new float export replaces every record derived from the old one (INT8 graphs, engines)
 
     updated = update_manifest(bundle, record_export, [exports["onnx"]["weights"], *(record["file"] for record in records.values())])
-    if old_weights not in (None, exports["onnx"]["weights"]):
-        bundle.file(old_weights).unlink(missing_ok=True)
+    if stale:
+        bundle.file(stale).unlink(missing_ok=True)
     print(f"exported {', '.join(stages)} to {target}")
     return updated

@@ -32,17 +32,17 @@ def share_weights(graphs: list[Path]) -> Path:
     earlier export keep pointing at their own weights until they are replaced."""
     models = [onnx.load(str(path)) for path in graphs]
     tensors = [tensor for model in models for tensor in model.graph.initializer if len(tensor.raw_data) >= MIN_BYTES]
+    digests = [hashlib.sha256(tensor.raw_data).digest() for tensor in tensors]
     blob, stored = bytearray(), {}  # sha256 of a tensor's bytes -> (offset, length) in the weight file
-    for tensor in tensors:
-        digest = hashlib.sha256(tensor.raw_data).digest()
+    for tensor, digest in zip(tensors, digests):
         if digest not in stored:
             blob += b"\0" * (-len(blob) % ALIGNMENT)
             stored[digest] = (len(blob), len(tensor.raw_data))
             blob += tensor.raw_data
     path = graphs[0].parent / f"weights-{hashlib.sha256(blob).hexdigest()[:16]}.bin"
     path.write_bytes(blob)
-    for tensor in tensors:
-        offset, length = stored[hashlib.sha256(tensor.raw_data).digest()]
+    for tensor, digest in zip(tensors, digests):
+        offset, length = stored[digest]
         set_external_data(tensor, location=path.name, offset=offset, length=length)
         tensor.ClearField("raw_data")
     for model, graph in zip(models, graphs):
