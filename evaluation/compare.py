@@ -5,7 +5,10 @@
 
 For clean accuracy and each headline threat both reports ran, on one draw and on the worst of N
 draws: both accuracies, the images right under only one of them, and the exact McNemar p-value
-(``evaluation.stats``). Both reports must come from the same images (the first K test images).
+(``evaluation.stats``). For the corruption suite (one draw), each image's score is how many of the
+30 corruption conditions it survives; the row gives the mean accuracy, the images that score higher
+under each system, and the paired t-test of the mean. Both reports must come from the same images (the first
+K test images).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from evaluation.stats import PairedTest, format_p, mcnemar
+from evaluation.stats import PairedTest, format_p, mcnemar, paired_t_test
 from purifier.errors import PurifierError
 
 
@@ -25,6 +28,27 @@ def _outcomes(report: dict, path: Path) -> dict[str, dict[str, str]]:
         raise PurifierError(f"{path} was written before per-image results were kept; rerun its 'purifier evaluate' command to rewrite it")
     clean = report["clean_per_image"][model]
     return {"clean": {"single": clean["single"], "worst_of_n": clean["all_draws"]}, **report["per_image"][model]}
+
+
+def _corruption_scores(report: dict) -> list[int] | None:
+    """Per image, how many corruption conditions the defended model got right; None for a report made before they were kept."""
+    conditions = report.get("corruption_per_image", {}).get(report["headline"]["model"])
+    return [image.count("1") for image in zip(*conditions.values())] if conditions else None
+
+
+def compare_corruptions(a: Path, b: Path) -> tuple[float, float, PairedTest]:
+    """Mean corruption accuracy of A and of B, and the paired t-test on their per-image scores."""
+    reports = [json.loads((Path(path) / "report.json").read_text()) for path in (a, b)]
+    scores = [_corruption_scores(report) for report in reports]
+    for path, score in zip((a, b), scores):
+        if score is None:
+            raise PurifierError(f"{path} was written before per-image corruption results were kept; "
+                                "rerun its 'purifier evaluate' command (it redoes only the corruption suite)")
+    if len(scores[0]) != len(scores[1]):
+        raise PurifierError(f"{a} and {b} ran the corruption suite on {len(scores[0])} and {len(scores[1])} images; compare reports of the same images")
+    conditions = len(reports[0]["corruption_per_image"][reports[0]["headline"]["model"]])
+    first, second = (sum(score) / (len(score) * conditions) for score in scores)
+    return first, second, paired_t_test(*scores)
 
 
 def compare(a: Path, b: Path) -> list[tuple[str, str, float, float, PairedTest]]:
@@ -53,6 +77,14 @@ def main() -> None:
     for threat, judged, first, second, test in compare(args.a, args.b):
         label = "one draw" if judged == "single" else "worst of N"
         print(f"| {threat} | {label} | {first:.2%} | {second:.2%} | {test.only_a} | {test.only_b} | {format_p(test.p_value)} |")
+    try:
+        first, second, test = compare_corruptions(args.a, args.b)
+    except PurifierError as error:
+        print(f"\ncorruptions: no paired test: {error}")
+        return
+    print(f"| corruptions | one draw | {first:.2%} | {second:.2%} | {test.only_a} | {test.only_b} | {format_p(test.p_value)} (paired t) |")
+    print("\ncorruptions: the images that survive more of the corruption conditions under each system; "
+          "the p-value is the paired t-test of the mean over images.")
 
 
 if __name__ == "__main__":

@@ -418,14 +418,18 @@ def evaluate(bundle_path: Path, out: Path, config: EvaluationConfig, data_dir: P
                 record["catch_up_seconds"] += time.perf_counter() - began
                 partial.save()
 
-    if "corruptions" not in results:
+    if "corruptions_per_image" not in results:  # runs saved before per-image outcomes were kept redo it (seeded: same rates)
         images_c, labels_c = all_images[: config.corruption_images], all_labels[: config.corruption_images]
         accuracies: dict[str, dict[str, float]] = {name: {} for name in models}
+        outcomes: dict[str, dict[str, str]] = {name: {} for name in models}
         for corruption in CORRUPTIONS:
             for severity in SEVERITIES:
                 corrupted = corrupt(images_c, corruption, severity, seed=config.seed)
                 for name, model in models.items():
-                    accuracies[name][f"{corruption}/{severity}"] = _rate(correct_on_draws(model, corrupted, labels_c, config.seed, 1)[0])
+                    correct = correct_on_draws(model, corrupted, labels_c, config.seed, 1)[0]
+                    accuracies[name][f"{corruption}/{severity}"] = _rate(correct)
+                    outcomes[name][f"{corruption}/{severity}"] = _bits(correct)
         results["corruptions"] = {"images": len(labels_c), **accuracies}
+        results["corruptions_per_image"] = outcomes
         partial.save()
     return Evaluation(bundle, config, units, results, images, labels, models)

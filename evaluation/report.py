@@ -395,6 +395,7 @@ def write_report(evaluation: Evaluation, out: Path, record: bool = False, baseli
         "gradient_masking": masking, "corruptions": {"images": evaluation.results["corruptions"]["images"], **corruptions},
         "per_image_worst_case_images": proto["robust_images"], "per_image": per_image(evaluation),
         "clean_per_image": {model: draws for model, draws in evaluation.results["clean_draws"].items() if isinstance(draws, dict)},
+        "corruption_per_image": evaluation.results["corruptions_per_image"],
         **({"conversion": evaluation.results["conversion"]} if "conversion" in evaluation.results else {}),
         "wall_time_s": round(evaluation.results["wall_time_s"], 1), "added_wall_time_s": round(added_wall_time(evaluation), 1), "protocol": proto,
     }

@@ -138,6 +138,26 @@ def test_compare_pairs_two_reports_image_by_image(report_dir):
     assert all(test.only_a == test.only_b == 0 and test.p_value == 1.0 and a == b for _, _, a, b, test in rows)
 
 
+def test_corruption_outcomes_are_kept_per_image_and_an_older_run_backfills_them(report_dir, tmp_path):
+    from evaluation.compare import compare_corruptions
+
+    saved = json.loads((report_dir / "partial.json").read_text())
+    rates, outcomes = saved["results"]["corruptions"], saved["results"]["corruptions_per_image"]
+    for model, conditions in outcomes.items():
+        assert len(conditions) == 30 and all(bits.count("1") / len(bits) == rates[model][name] for name, bits in conditions.items())
+    first, second, test = compare_corruptions(report_dir, report_dir)
+    assert first == second and test.only_a == test.only_b == 0 and test.p_value == 1.0
+
+    older = tmp_path / "older"
+    older.mkdir()
+    del saved["results"]["corruptions_per_image"]  # as a run saved before per-image corruption outcomes were kept
+    (older / "partial.json").write_text(json.dumps(saved))
+    write_report(evaluate(REFERENCE_PIPELINE, older, EvaluationConfig.quick_run(**TINY)), older)
+    backfilled = json.loads((older / "partial.json").read_text())["results"]
+    assert backfilled["corruptions_per_image"] == outcomes and backfilled["corruptions"] == rates
+    assert backfilled["pipeline|pgd|linf|0.1"] == saved["results"]["pipeline|pgd|linf|0.1"]  # nothing else re-run
+
+
 def test_joint_worst_case_also_counts_the_l_inf_attacks_of_its_radius():
     """The joint ball contains the L∞ ball of the same ε, so an image any L∞ attack broke is lost there too."""
     from evaluation.evaluate import Evaluation, Unit
@@ -202,7 +222,7 @@ def test_square_breaks_an_undefended_classifier():
 
 
 def test_wilson_intervals_contain_the_estimate_and_mcnemar_is_exact():
-    from evaluation.stats import mcnemar, wilson
+    from evaluation.stats import mcnemar, paired_t_test, wilson
 
     for total in (1, 7, 500, 10_000):
         for correct in sorted({0, 1, total // 3, total // 2, total - 1, total}):
@@ -212,6 +232,10 @@ def test_wilson_intervals_contain_the_estimate_and_mcnemar_is_exact():
     test = mcnemar([True] * 34 + [False] * 16, [False] * 34 + [True] * 16)
     assert (test.only_a, test.only_b) == (34, 16) and test.p_value == pytest.approx(0.0153, abs=1e-4)
     assert mcnemar([True, False], [True, False]).p_value == 1.0
+    more_often, larger = [1] * 60 + [0] * 40, [0] * 60 + [25] * 40  # A higher on more images, B higher on average
+    test = paired_t_test(more_often, larger)
+    assert (test.only_a, test.only_b) == (60, 40) and test.p_value < 1e-6
+    assert paired_t_test([3, 5, 7], [2, 6, 7]).p_value == pytest.approx(1.0)
 
 
 def test_a_planted_gradient_masking_defence_is_flagged():
