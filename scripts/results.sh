@@ -128,9 +128,11 @@ for name in atop-rt1-pgd atop-wide-pgd atop-wide-deterministic atop-wide-trades 
   [ "$name" = atop-rt1-pgd ] || ORDER+=("$name")  # atop-rt1-pgd is trained earlier in ORDER
   ORDER+=("screen-$name")
 done
-# the full protocol for the plug-in purifiers that screen best (deterministic: one draw)
-STEPS[eval-atop-wide-deterministic]="evaluate fmnist-atop-wide-deterministic --reuse-classifier reports/fmnist-standard"
-ORDER+=(eval-atop-wide-deterministic)
+# the full protocol for the two plug-in purifiers that screen best (deterministic: one draw)
+for name in atop-wide-deterministic atop-wide-trades; do
+  STEPS[eval-$name]="evaluate fmnist-$name --reuse-classifier reports/fmnist-standard"
+  ORDER+=("eval-$name")
+done
 for name in atop-on-pgd-at atop-joint-pgd-at; do
   STEPS[screen-$name]="screen fmnist-$name"
   ORDER+=("$name" "screen-$name")
@@ -151,7 +153,7 @@ done
 ORDER+=(denoiser-0.25-stability certify-screen-denoiser-0.25 certify-screen-denoiser-0.25-stability certify-denoiser-0.25-stability)
 # IJSAT's joint-space attack (latent space of bundles/fmnist-flow) on these rows; joint-NAME is the same step as eval-NAME
 for name in fmnist-standard fmnist-pgd-at fmnist-ijsat fmnist-jatp-on-ijsat fmnist-trades fmnist-pgd-at-wide fmnist-trades-wide \
-    fmnist-ijsat-clean fmnist-ijsat-on-pgd-at fmnist-atop-wide-deterministic; do
+    fmnist-ijsat-clean fmnist-ijsat-on-pgd-at fmnist-atop-wide-deterministic fmnist-atop-wide-trades; do
   STEPS[eval-${name#fmnist-}]+=" --joint-flow bundles/fmnist-flow"
   STEPS[joint-${name#fmnist-}]=${STEPS[eval-${name#fmnist-}]}
 done
