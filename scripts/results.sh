@@ -97,7 +97,7 @@ declare -A STEPS=(
   # is clean within a point of PGD-AT, which the mask's 14-point cost rules out), and jointly with it through the transform
   [atop-on-pgd-at]="train bundles/fmnist-atop-on-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
   [atop-joint-pgd-at]="train bundles/fmnist-atop-joint-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --joint --epochs 5 --precision bf16"
-  # IJSAT re-tested (not run yet): with the clean-interpolation term, and on top of the PGD-AT classifier, at IJSAT's budget
+  # IJSAT re-tested: with the clean-interpolation term, and on top of the PGD-AT classifier, at IJSAT's budget
   [ijsat-clean]="train bundles/fmnist-ijsat-clean ijsat --flow bundles/fmnist-flow --epochs 10 --attack-steps 5 --clean-weight 1 --precision bf16"
   [ijsat-on-pgd-at]="train bundles/fmnist-ijsat-on-pgd-at ijsat --flow bundles/fmnist-flow --init bundles/fmnist-pgd-at --epochs 10 --attack-steps 5 --clean-weight 1 --precision bf16"
   # randomized smoothing: denoisers for the frozen standard classifier, and noise-trained classifiers as controls
