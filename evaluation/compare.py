@@ -30,24 +30,19 @@ def _outcomes(report: dict, path: Path) -> dict[str, dict[str, str]]:
     return {"clean": {"single": clean["single"], "worst_of_n": clean["all_draws"]}, **report["per_image"][model]}
 
 
-def _corruption_scores(report: dict) -> list[int] | None:
-    """Per image, how many corruption conditions the defended model got right; None for a report made before they were kept."""
-    conditions = report.get("corruption_per_image", {}).get(report["headline"]["model"])
-    return [image.count("1") for image in zip(*conditions.values())] if conditions else None
-
-
 def compare_corruptions(a: Path, b: Path) -> tuple[float, float, PairedTest]:
-    """Mean corruption accuracy of A and of B, and the paired t-test on their per-image scores."""
-    reports = [json.loads((Path(path) / "report.json").read_text()) for path in (a, b)]
-    scores = [_corruption_scores(report) for report in reports]
-    for path, score in zip((a, b), scores):
-        if score is None:
+    """Mean corruption accuracy of A and of B, and the paired t-test on their per-image scores (conditions survived)."""
+    scores = []
+    for path in (a, b):
+        report = json.loads((Path(path) / "report.json").read_text())
+        conditions = report.get("corruption_per_image", {}).get(report["headline"]["model"])
+        if not conditions:
             raise PurifierError(f"{path} was written before per-image corruption results were kept; "
                                 "rerun its 'purifier evaluate' command (it redoes only the corruption suite)")
+        scores.append([image.count("1") for image in zip(*conditions.values())])
     if len(scores[0]) != len(scores[1]):
         raise PurifierError(f"{a} and {b} ran the corruption suite on {len(scores[0])} and {len(scores[1])} images; compare reports of the same images")
-    conditions = len(reports[0]["corruption_per_image"][reports[0]["headline"]["model"]])
-    first, second = (sum(score) / (len(score) * conditions) for score in scores)
+    first, second = (sum(score) / (len(score) * len(conditions)) for score in scores)
     return first, second, paired_t_test(*scores)
 
 
