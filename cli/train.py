@@ -53,6 +53,12 @@ def _add_purifier_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gan-weight", type=float, help="weight w of the hinge GAN term beside L1 (default 0.01; 0: L1 only)")
 
 
+def _add_validation(parser: argparse.ArgumentParser, unit: str, attack: str) -> None:
+    """Robust early stopping (training/selection.py)."""
+    parser.add_argument("--validate", type=int, help=f"hold out the last N training images; bundle the {unit} with the best robust "
+                        f"accuracy on them ({attack}; default 0: the last epoch)")
+
+
 def _train(args: argparse.Namespace) -> None:
     """Build the trainer's config from the options given on the command line, then train."""
     if args.trainer in ("classifier", "ijsat"):
@@ -103,6 +109,7 @@ def add_train_command(commands) -> None:
     classifier.add_argument("--eps", type=float, help="L∞ radius of adversarial training (default 0.1)")
     classifier.add_argument("--attack-steps", type=int, help="PGD steps per batch in PGD-AT (default 10)")
     classifier.add_argument("--init", type=Path, help="start from this bundle's classifier (same widths) instead of fresh weights")
+    _add_validation(classifier, "epoch", "L∞ PGD-10 at --eps")
     purifier = trainers.add_parser(
         "purifier", help="AToP pre-training alone: a GAN purifier that restores clean images from randomly transformed ones", argument_default=argparse.SUPPRESS,
     )
@@ -128,8 +135,7 @@ def add_train_command(commands) -> None:
     atop.add_argument("--joint", action="store_true", help="also fine-tune the classifier with the purifier (for a classifier you may "
                       "retrain, e.g. an adversarially trained one)")
     atop.add_argument("--classifier-lr", type=float, help="peak learning rate of the classifier under --joint (default 1e-4)")
-    atop.add_argument("--validate", type=int, help="hold out the last N training images; bundle the fine-tuning epoch with the best "
-                      "robust accuracy on them (PGD-10 × EOT-2, worst of 2 draws; default 0: the last epoch)")
+    _add_validation(atop, "fine-tuning epoch", "PGD-10 × EOT-2 through the pipeline, worst of 2 draws")
     atop.add_argument("--ema", type=float, help="decay of an exponential moving average of the purifier's weights, bundled instead of "
                       "the last weights (e.g. 0.999; default 0: off)")
     jatp = trainers.add_parser(
@@ -154,6 +160,7 @@ def add_train_command(commands) -> None:
     ijsat.add_argument("--clean-weight", type=float, help="w of the clean-interpolation term w·CE(f(x̄), ȳ) (Lamb et al.; default 0: off)")
     ijsat.add_argument("--weight-decay", type=float)
     ijsat.add_argument("--init", type=Path, help="start from this bundle's classifier, e.g. the PGD-AT control: IJSAT on top of adversarial training")
+    _add_validation(ijsat, "epoch", "L∞ PGD-10 at --eps")
     flow = trainers.add_parser("flow", help="a Glow normalizing flow by maximum likelihood (IJSAT's manifold model)", argument_default=argparse.SUPPRESS)
     _add_common_training(flow)
     flow.add_argument("--dataset", choices=DATASETS, help="fashion-mnist (default), cifar10 or folder")

@@ -103,3 +103,17 @@ def test_bf16_training_reaches_the_fp32_accuracy(tmp_path):
         bundle = train_classifier(ClassifierConfig(out=tmp_path / precision, epochs=1, limit=6000, precision=precision, command="test"))
         accuracy[precision] = bundle.manifest["metrics"]["clean_accuracy_classifier"]["value"]
     assert accuracy["fp32"] > 0.7 and abs(accuracy["bf16"] - accuracy["fp32"]) <= 0.02, accuracy
+
+
+def test_classifier_validation_bundles_the_epoch_with_the_best_held_out_robust_accuracy(tmp_path):
+    from evaluation.accuracy import robust_accuracy
+
+    bundle = train_classifier(ClassifierConfig(out=tmp_path / "selected", method="fgsm_rs", eps=0.03, epochs=3, limit=768, validate=256,
+                                               widths=(8, 16, 32), command="test"))
+    scores = [epoch["robust_validation"] for epoch in bundle.manifest["training"][0]["history"]]
+    assert len(scores) == 3 and all(0 <= score <= 1 for score in scores)
+    held_images, held_labels = load_bundle(bundle.path).data("train").head(768).tensors()  # the last 256 of the first 768 were held out
+    again = robust_accuracy(bundle.classifier().eval(), held_images[-256:], held_labels[-256:], 0.03, steps=10, eot=1, draws=1, seed=0)
+    assert again == pytest.approx(max(scores), abs=1e-5)  # the bundle holds the best epoch's weights (history rounds to 5 digits)
+    with pytest.raises(PurifierError, match="half or more"):
+        train_classifier(ClassifierConfig(out=tmp_path / "x", epochs=1, limit=100, validate=50, command="test"))

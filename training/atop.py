@@ -27,9 +27,9 @@ prediction on the clean x under the same transform draw,
 and an exponential moving average of the purifier's weights, θ̄ ← d·θ̄ + (1 − d)·θ after every
 step (--ema d, e.g. 0.999), which is what the bundle then holds.
 
-Robust early stopping (--validate N): the last N training images are held out; after every
-fine-tuning epoch the pipeline's accuracy on them under PGD-10 × EOT-2, judged on the worst of 2
-draws, is recorded, and the bundle holds the weights of the epoch where it was highest.
+Robust early stopping (--validate N, selection.py): the last N training images are held out;
+after every fine-tuning epoch the pipeline's accuracy on them under PGD-10 × EOT-2, judged on
+the worst of 2 draws, is recorded, and the bundle holds the weights of the epoch where it was highest.
 
 Joint fine-tuning (--joint, for a classifier one may retrain, e.g. an adversarially trained one,
 as CARSO composes purification with adversarial training): the classifier's weights f are
@@ -41,7 +41,6 @@ purifier instead (pre-training then defaults to 0 epochs).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +63,7 @@ from training.common import (
 )
 from training.gan import ReconstructionGAN
 from training.loop import Epoch, TrainState
+from training.selection import SCORE, BestEpoch, hold_out
 from training.precision import autocast, prepare
 
 ATTACKS = ("fgsm_rs", "pgd", "none")
@@ -144,9 +144,7 @@ def train_atop(config: AtopConfig) -> Bundle:
     seed_everything(config.seed)
     base, data, images, labels = classifier_and_training_data(config)
     if config.validate:
-        if config.validate >= len(labels) // 2:
-            raise DataError(f"--validate {config.validate} would hold out half or more of the {len(labels)} training images; pass fewer")
-        images, labels, held_images, held_labels = images[:-config.validate], labels[:-config.validate], images[-config.validate:], labels[-config.validate:]
+        images, labels, held_images, held_labels = hold_out(images, labels, config.validate)
     transform = config.random_transform(data.input_shape)
     purifier, model_config, earlier_records = _initial_purifier(config, data.input_shape)
     if config.joint and base.manifest["classifier"].get("imported"):
@@ -213,30 +211,21 @@ def train_atop(config: AtopConfig) -> Bundle:
             purifier.eval()
             run.record(len(index), **parts)
         metrics = {"lambda": lam, **run.means()}
-        if finetuning and config.validate:
-            metrics["robust_validation"] = _validate(epoch, metrics)
+        if finetuning and best is not None:
+            metrics[SCORE] = best.check()
         return metrics
 
-    def _validate(epoch: int, metrics: dict[str, float]) -> float:
-        """Robust accuracy of this epoch's weights on the held-out images; they become the selected ones if it is the best yet."""
-        current = averaged["purifier_ema"].module if averaged else purifier
-        value = robust_accuracy(Pipeline(classifier, current, transform).eval(), held_images, held_labels, config.eps, steps=10, eot=2, draws=2,
-                                seed=config.seed)
-        if value > max((record.get("robust_validation", -1.0) for record in state.history), default=-1.0):
-            state.modules["purifier_selected"].load_state_dict(current.state_dict())
-            if config.joint:
-                state.modules["classifier_selected"].load_state_dict(classifier.state_dict())
-        return value
-
-    if config.validate:  # the weights of the epoch with the best robust validation accuracy, checkpointed with the rest
-        state.modules["purifier_selected"] = copy.deepcopy(purifier)
-        if config.joint:
-            state.modules["classifier_selected"] = copy.deepcopy(classifier)
+    best = None
+    if config.validate:  # robust accuracy on the held-out images of the weights the bundle would hold (the averaged ones, with --ema)
+        watched = {"purifier": averaged["purifier_ema"].module if averaged else purifier, **({"classifier": classifier} if config.joint else {})}
+        best = BestEpoch(state, watched, lambda: robust_accuracy(
+            Pipeline(classifier, watched["purifier"], transform).eval(), held_images, held_labels, config.eps, steps=10, eot=2, draws=2,
+            seed=config.seed))
     train_epochs(state, config, total_epochs, train_epoch)
     classifier.requires_grad_(False).eval()
-    if config.validate:  # the bundle holds the selected weights (of the averaged model, with --ema)
-        purifier = state.modules["purifier_selected"]
-        classifier = state.modules.get("classifier_selected", classifier).requires_grad_(False).eval()
+    if best is not None:  # the bundle holds the selected weights
+        purifier = best.selected("purifier")
+        classifier = (best.selected("classifier") if config.joint else classifier).requires_grad_(False).eval()
     elif averaged:  # the bundle holds the averaged weights
         purifier = averaged["purifier_ema"].module
     purifier.eval()

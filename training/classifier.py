@@ -5,7 +5,8 @@ of randomized smoothing, bundled with the identity purifier and the gaussian ran
 that ``purifier certify`` certifies it.
 
 The baselines every defence is measured against, and the classifier a purifier is put in
-front of. SGD with Nesterov momentum and a one-cycle learning-rate schedule.
+front of. SGD with Nesterov momentum and a one-cycle learning-rate schedule; with --validate N,
+robust early stopping (selection.py) on L∞ PGD-10 accuracy of the last N training images.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from evaluation.accuracy import accuracy
+from evaluation.accuracy import accuracy, robust_accuracy
 from evaluation.attacks import JOINT_ETA
 from purifier.bundle import Bundle, load_bundle
 from purifier.data import load_split
@@ -24,12 +25,13 @@ from purifier.errors import PurifierError
 from purifier.models import CLASSIFIERS, build
 from purifier.models.identity import Identity
 from purifier.transforms import RandomTransform
-from training.adversarial import adversarial_batch, trades_loss
+from training.adversarial import adversarial_batch, eval_mode, trades_loss
 from training.common import (
     TrainConfig, channel_stats, dataset_entry, metric, publish, seed_everything, train_epochs, training_record,
 )
 from training.ijsat import robust_mixup_batch
 from training.loop import Epoch, TrainState
+from training.selection import SCORE, BestEpoch, hold_out
 from training.precision import autocast, prepare
 
 
@@ -47,6 +49,7 @@ class ClassifierConfig(TrainConfig):
     clean_weight: float = 0.0  # IJSAT: weight of the clean-interpolation term
     noise_std: float = 0.25  # method gaussian: σ of the noise augmentation (and of the smoothing it is certified with)
     init: Path | None = None  # start from this bundle's classifier (e.g. IJSAT on top of a PGD-AT classifier)
+    validate: int = 0  # hold out the last N training images and bundle the epoch with the best robust accuracy on them
 
     def __post_init__(self) -> None:
         if (self.method == "ijsat") != (self.flow is not None):
@@ -76,6 +79,8 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
     """Train a ResNetSmall classifier and write it as a bundle (no purifier) to ``config.out``."""
     seed_everything(config.seed)
     data, images, labels = load_split(config.dataset, config.data_dir, "train", config.limit)
+    if config.validate:
+        images, labels, held_images, held_labels = hold_out(images, labels, config.validate)
     model_config, weights = _starting_point(config, data, images)
     model = build(CLASSIFIERS, "resnet_small", model_config)
     if weights is not None:
@@ -119,9 +124,17 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
             scheduler.step()
             dominant = targets if targets.dim() == 1 else targets.argmax(1)  # IJSAT: the label with the larger mixing weight
             run.record(len(index), loss=loss.item(), train_accuracy=float((logits.argmax(1) == dominant).float().mean()))
-        return run.means()
+        return {**run.means(), **({SCORE: best.check()} if best is not None else {})}
 
+    best = None
+    if config.validate:
+        def held_out_robust_accuracy() -> float:
+            with eval_mode(model):
+                return robust_accuracy(model, held_images, held_labels, config.eps, steps=10, eot=1, draws=1, seed=config.seed)
+        best = BestEpoch(state, {"classifier": model}, held_out_robust_accuracy)
     train_epochs(state, config, config.epochs, train_epoch)
+    if best is not None:  # the bundle holds the selected weights
+        model = best.selected("classifier").eval()
     test, test_images, test_labels = load_split(config.dataset, config.data_dir, "test")
     classifier_entry = {"architecture": "resnet_small", "config": model_config, "method": config.method}
     if config.method not in ("standard", "gaussian"):
