@@ -140,11 +140,14 @@ for name in atop-on-pgd-at atop-joint-pgd-at; do
   STEPS[screen-$name]="screen fmnist-$name"
   ORDER+=("$name" "screen-$name")
 done
+# the AT control on the same screen, the yardstick of purification on top of adversarial training
+STEPS[screen-pgd-at-wide]="screen fmnist-pgd-at-wide"
 ORDER+=(trades pgd-at-wide trades-wide ijsat-clean ijsat-on-pgd-at ijsat-on-pgd-at-selected)
 for name in trades pgd-at-wide trades-wide ijsat-clean ijsat-on-pgd-at ijsat-on-pgd-at-selected; do  # their full protocol (joint space added below)
   STEPS[eval-$name]="evaluate fmnist-$name"
   ORDER+=("eval-$name")
 done
+ORDER+=(screen-pgd-at-wide)
 for name in denoiser-0.25 denoiser-0.5 noise-0.25 noise-0.5; do
   STEPS[certify-$name]="certify fmnist-$name"
   ORDER+=("$name" "certify-$name")
