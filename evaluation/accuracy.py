@@ -33,10 +33,11 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
 
 def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int, eot: int, draws: int,
                     seed: int = 0) -> float:
-    """Accuracy under L∞ PGD (``steps`` steps, EOT ``eot``) through the whole model, judged on the worst of ``draws`` draws:
-    the cheap robust check that selects training epochs, not a protocol figure."""
+    """Accuracy under L∞ PGD (``steps`` steps, EOT ``eot``) through the whole model in eval mode, judged on the worst of
+    ``draws`` draws: the cheap robust check that selects training epochs, not a protocol figure."""
     from evaluation.attacks import pgd
 
+    model.eval()
     adversarial = pgd(model, images, labels, eps, steps=steps, eot=eot if is_stochastic(model) else 1,
                       generator=torch.Generator().manual_seed(seed))
     return float(correct_on_draws(model, adversarial, labels, seed, draws)[1].float().mean())

@@ -219,7 +219,7 @@ def train_atop(config: AtopConfig) -> Bundle:
     if config.validate:  # robust accuracy on the held-out images of the weights the bundle would hold (the averaged ones, with --ema)
         watched = {"purifier": averaged["purifier_ema"].module if averaged else purifier, **({"classifier": classifier} if config.joint else {})}
         best = BestEpoch(state, watched, lambda: robust_accuracy(
-            Pipeline(classifier, watched["purifier"], transform).eval(), held_images, held_labels, config.eps, steps=10, eot=2, draws=2,
+            Pipeline(classifier, watched["purifier"], transform), held_images, held_labels, config.eps, steps=10, eot=2, draws=2,
             seed=config.seed))
     train_epochs(state, config, total_epochs, train_epoch)
     classifier.requires_grad_(False).eval()

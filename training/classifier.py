@@ -25,7 +25,7 @@ from purifier.errors import PurifierError
 from purifier.models import CLASSIFIERS, build
 from purifier.models.identity import Identity
 from purifier.transforms import RandomTransform
-from training.adversarial import adversarial_batch, eval_mode, trades_loss
+from training.adversarial import adversarial_batch, trades_loss
 from training.common import (
     TrainConfig, channel_stats, dataset_entry, metric, publish, seed_everything, train_epochs, training_record,
 )
@@ -127,11 +127,9 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
         return {**run.means(), **({SCORE: best.check()} if best is not None else {})}
 
     best = None
-    if config.validate:
-        def held_out_robust_accuracy() -> float:
-            with eval_mode(model):
-                return robust_accuracy(model, held_images, held_labels, config.eps, steps=10, eot=1, draws=1, seed=config.seed)
-        best = BestEpoch(state, {"classifier": model}, held_out_robust_accuracy)
+    if config.validate:  # run_epochs puts the model back in train mode at the start of every epoch
+        best = BestEpoch(state, {"classifier": model}, lambda: robust_accuracy(
+            model, held_images, held_labels, config.eps, steps=10, eot=1, draws=1, seed=config.seed))
     train_epochs(state, config, config.epochs, train_epoch)
     if best is not None:  # the bundle holds the selected weights
         model = best.selected("classifier").eval()
