@@ -57,6 +57,8 @@ def _add_validation(parser: argparse.ArgumentParser, unit: str, attack: str) -> 
     """Robust early stopping (training/selection.py)."""
     parser.add_argument("--validate", type=int, help=f"hold out the last N training images; bundle the {unit} with the best robust "
                         f"accuracy on them ({attack}; default 0: the last epoch)")
+    parser.add_argument("--validate-queries", type=int, help="also attack the held-out images PGD leaves standing with Square, Q queries "
+                        "each: no gradient, so weights that only mask their gradients are not selected (default 0: PGD only)")
 
 
 def _train(args: argparse.Namespace) -> None:

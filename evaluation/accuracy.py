@@ -32,15 +32,25 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
 
 
 def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int, eot: int, draws: int,
-                    seed: int = 0) -> float:
+                    seed: int = 0, queries: int = 0) -> float:
     """Accuracy under L∞ PGD (``steps`` steps, EOT ``eot``) through the whole model in eval mode, judged on the worst of
-    ``draws`` draws: the cheap robust check that selects training epochs, not a protocol figure."""
-    from evaluation.attacks import pgd
+    ``draws`` draws: the cheap robust check that selects training epochs, not a protocol figure.
+
+    With ``queries`` > 0 the images PGD leaves standing are also attacked with Square (that many
+    queries, no gradient) and count only if they survive it too, so weights that merely mask their
+    gradients score no better than they are.
+    """
+    from evaluation.attacks import pgd, square
 
     model.eval()
     adversarial = pgd(model, images, labels, eps, steps=steps, eot=eot if is_stochastic(model) else 1,
                       generator=torch.Generator().manual_seed(seed))
-    return float(correct_on_draws(model, adversarial, labels, seed, draws)[1].float().mean())
+    robust = correct_on_draws(model, adversarial, labels, seed, draws)[1]
+    standing = robust.nonzero().squeeze(1)
+    if queries and len(standing):
+        found = square(model, images[standing], labels[standing], eps, queries=queries, seed=seed)
+        robust[standing] = correct_on_draws(model, found, labels[standing], seed, draws)[1]
+    return float(robust.float().mean())
 
 
 @torch.no_grad()

@@ -6,6 +6,8 @@ import json
 import shutil
 
 import pytest
+import torch
+from torch import nn
 
 from evaluation.evaluate import EvaluationConfig, evaluate
 from evaluation.report import write_report
@@ -15,6 +17,17 @@ from purifier.errors import PurifierError
 
 TINY = dict(images=8, clean_images=200, corruption_images=40, batch_size=8,
             transfer_from=(CHECKOUT_BUNDLES / "fmnist-standard", CHECKOUT_BUNDLES / "fmnist-pgd-at"))
+
+
+class QuantisedInput(nn.Module):
+    """A planted gradient-masking defence: the classifier behind input quantisation, whose gradient is zero almost everywhere."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.round(x * 255) / 255)
 
 
 @pytest.fixture(scope="module")
@@ -241,21 +254,10 @@ def test_wilson_intervals_contain_the_estimate_and_mcnemar_is_exact():
 def test_a_planted_gradient_masking_defence_is_flagged():
     """A classifier behind input quantisation has zero gradient almost everywhere: PGD stalls, Square does not,
     and the report counts the images only Square broke."""
-    import torch
-    from torch import nn
-
     from evaluation.attacks import pgd, square
     from evaluation.evaluate import Evaluation, Unit
     from evaluation.report import gradient_masking
     from purifier.data import load_split
-
-    class QuantisedInput(nn.Module):
-        def __init__(self, classifier):
-            super().__init__()
-            self.classifier = classifier
-
-        def forward(self, x):
-            return self.classifier(torch.round(x * 255) / 255)
 
     masked = QuantisedInput(load_bundle(CHECKOUT_BUNDLES / "fmnist-standard").classifier()).eval()
     _, images, labels = load_split("fashion-mnist", None, "test", 32)
@@ -266,3 +268,15 @@ def test_a_planted_gradient_masking_defence_is_flagged():
     evaluation = Evaluation(None, EvaluationConfig(), units, results, images, labels, {"classifier": masked})
     flag = gradient_masking(evaluation)["classifier"]
     assert after_pgd.float().mean() > 0.5 and flag["flagged"] and flag["single"]["square"] >= int(after_pgd.sum()) - 3
+
+
+def test_the_epoch_selection_score_sees_through_masked_gradients():
+    """robust_accuracy, which picks training epochs, believes PGD alone on a masked defence; with Square queries it does not."""
+    from evaluation.accuracy import robust_accuracy
+    from purifier.data import load_split
+
+    masked = QuantisedInput(load_bundle(CHECKOUT_BUNDLES / "fmnist-standard").classifier()).eval()
+    _, images, labels = load_split("fashion-mnist", None, "test", 32)
+    gradient_only = robust_accuracy(masked, images, labels, 0.1, steps=10, eot=1, draws=1)
+    with_square = robust_accuracy(masked, images, labels, 0.1, steps=10, eot=1, draws=1, queries=300)
+    assert gradient_only > 0.5 and with_square <= 0.1, (gradient_only, with_square)

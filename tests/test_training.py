@@ -34,6 +34,10 @@ def test_checkpoint_of_other_arguments_is_refused(tmp_path):
     assert load_checkpoint(tmp_path, {"lr": 0.05, "epochs": 3})["epoch"] == 1
     with pytest.raises(PurifierError, match="different arguments \\(lr\\).*--restart"):
         load_checkpoint(tmp_path, {"lr": 0.01, "epochs": 3})
+    # an option added after the checkpoint was written resumes it at its default, and only there
+    assert load_checkpoint(tmp_path, {"lr": 0.05, "epochs": 3, "queries": 0}, defaults={"queries": 0, "lr": 0.1})["epoch"] == 1
+    with pytest.raises(PurifierError, match="different arguments \\(queries\\)"):
+        load_checkpoint(tmp_path, {"lr": 0.05, "epochs": 3, "queries": 100}, defaults={"queries": 0})
 
 
 def _run(args, **kwargs):
@@ -109,11 +113,14 @@ def test_classifier_validation_bundles_the_epoch_with_the_best_held_out_robust_a
     from evaluation.accuracy import robust_accuracy
 
     bundle = train_classifier(ClassifierConfig(out=tmp_path / "selected", method="fgsm_rs", eps=0.03, epochs=3, limit=768, validate=256,
-                                               widths=(8, 16, 32), command="test"))
+                                               validate_queries=100, widths=(8, 16, 32), command="test"))
     scores = [epoch["robust_validation"] for epoch in bundle.manifest["training"][0]["history"]]
     assert len(scores) == 3 and all(0 <= score <= 1 for score in scores)
     held_images, held_labels = load_bundle(bundle.path).data("train").head(768).tensors()  # the last 256 of the first 768 were held out
-    again = robust_accuracy(bundle.classifier().eval(), held_images[-256:], held_labels[-256:], 0.03, steps=10, eot=1, draws=1, seed=0)
+    again = robust_accuracy(bundle.classifier().eval(), held_images[-256:], held_labels[-256:], 0.03, steps=10, eot=1, draws=1, seed=0,
+                            queries=100)
     assert again == pytest.approx(max(scores), abs=1e-5)  # the bundle holds the best epoch's weights (history rounds to 5 digits)
     with pytest.raises(PurifierError, match="half or more"):
         train_classifier(ClassifierConfig(out=tmp_path / "x", epochs=1, limit=100, validate=50, command="test"))
+    with pytest.raises(ValueError, match="pass --validate too"):
+        ClassifierConfig(out=tmp_path / "x", validate_queries=100)

@@ -29,7 +29,8 @@ step (--ema d, e.g. 0.999), which is what the bundle then holds.
 
 Robust early stopping (--validate N, selection.py): the last N training images are held out;
 after every fine-tuning epoch the pipeline's accuracy on them under PGD-10 × EOT-2, judged on
-the worst of 2 draws, is recorded, and the bundle holds the weights of the epoch where it was highest.
+the worst of 2 draws (and Square with --validate-queries Q), is recorded, and the bundle holds the
+weights of the epoch where it was highest.
 
 Joint fine-tuning (--joint, for a classifier one may retrain, e.g. an adversarially trained one,
 as CARSO composes purification with adversarial training): the classifier's weights f are
@@ -63,7 +64,7 @@ from training.common import (
 )
 from training.gan import ReconstructionGAN
 from training.loop import Epoch, TrainState
-from training.selection import SCORE, BestEpoch, hold_out
+from training.selection import SCORE, BestEpoch, check_settings, hold_out
 from training.precision import autocast, prepare
 
 ATTACKS = ("fgsm_rs", "pgd", "none")
@@ -95,6 +96,7 @@ class AtopConfig(TrainConfig):
     joint: bool = False
     classifier_lr: float = 1e-4
     validate: int = 0
+    validate_queries: int = 0
     targets: str = "labels"
 
     def __post_init__(self) -> None:
@@ -108,6 +110,7 @@ class AtopConfig(TrainConfig):
             raise ValueError(f"attack must be one of {ATTACKS}, lam_schedule one of {LAMBDA_SCHEDULES} and targets one of {TARGETS}")
         if not 0.0 <= self.ema < 1.0 or self.trades_beta < 0:
             raise ValueError("--ema is a decay in [0, 1) (0: off) and --trades-beta a weight ≥ 0")
+        check_settings(self.validate, self.validate_queries)
         self.random_transform()  # validates the transform settings before any work starts
 
     def random_transform(self, shape: tuple[int, int, int] | None = None) -> RandomTransform:
@@ -220,7 +223,7 @@ def train_atop(config: AtopConfig) -> Bundle:
         watched = {"purifier": averaged["purifier_ema"].module if averaged else purifier, **({"classifier": classifier} if config.joint else {})}
         best = BestEpoch(state, watched, lambda: robust_accuracy(
             Pipeline(classifier, watched["purifier"], transform), held_images, held_labels, config.eps, steps=10, eot=2, draws=2,
-            seed=config.seed))
+            seed=config.seed, queries=config.validate_queries))
     train_epochs(state, config, total_epochs, train_epoch)
     classifier.requires_grad_(False).eval()
     if best is not None:  # the bundle holds the selected weights

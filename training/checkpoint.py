@@ -20,10 +20,12 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(Path(directory) / CHECKPOINT, buffer.getvalue())
 
 
-def load_checkpoint(directory: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+def load_checkpoint(directory: Path, fingerprint: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The checkpoint in ``directory`` if there is one made with the same ``fingerprint``.
 
-    A checkpoint from different training arguments is refused, so resuming never mixes runs.
+    A checkpoint from different training arguments is refused, so resuming never mixes runs. An
+    argument the checkpoint does not record (an option added since it was written) counts as the
+    same when it is at its value in ``defaults``: the run it resumes trained without it.
     """
     path = Path(directory) / CHECKPOINT
     if not path.exists():
@@ -32,8 +34,9 @@ def load_checkpoint(directory: Path, fingerprint: dict[str, Any]) -> dict[str, A
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint gets the same advice
         raise PurifierError(f"checkpoint {path} is unreadable ({type(error).__name__}); delete it or pass --restart") from None
-    if state.get("fingerprint") != fingerprint:
-        changed = sorted(k for k in fingerprint if state.get("fingerprint", {}).get(k) != fingerprint[k])
+    recorded = {**{key: value for key, value in (defaults or {}).items() if key in fingerprint}, **state.get("fingerprint", {})}
+    if recorded != fingerprint:
+        changed = sorted(key for key in {*fingerprint, *recorded} if recorded.get(key) != fingerprint.get(key))
         raise PurifierError(
             f"checkpoint {path} was made with different arguments ({', '.join(changed)}); "
             "rerun with the same arguments to resume, or pass --restart to start over"

@@ -6,7 +6,8 @@ that ``purifier certify`` certifies it.
 
 The baselines every defence is measured against, and the classifier a purifier is put in
 front of. SGD with Nesterov momentum and a one-cycle learning-rate schedule; with --validate N,
-robust early stopping (selection.py) on L∞ PGD-10 accuracy of the last N training images.
+robust early stopping (selection.py) on L∞ PGD-10 accuracy of the last N training images (then
+Square with --validate-queries Q, which gradient masking cannot fool).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from training.common import (
 )
 from training.ijsat import robust_mixup_batch
 from training.loop import Epoch, TrainState
-from training.selection import SCORE, BestEpoch, hold_out
+from training.selection import SCORE, BestEpoch, check_settings, hold_out
 from training.precision import autocast, prepare
 
 
@@ -50,12 +51,14 @@ class ClassifierConfig(TrainConfig):
     noise_std: float = 0.25  # method gaussian: σ of the noise augmentation (and of the smoothing it is certified with)
     init: Path | None = None  # start from this bundle's classifier (e.g. IJSAT on top of a PGD-AT classifier)
     validate: int = 0  # hold out the last N training images and bundle the epoch with the best robust accuracy on them
+    validate_queries: int = 0  # and attack what PGD leaves standing there with Square, this many queries
 
     def __post_init__(self) -> None:
         if (self.method == "ijsat") != (self.flow is not None):
             raise ValueError("IJSAT training needs --flow BUNDLE (a flow from 'purifier train flow'), and only IJSAT uses a flow")
         if self.clean_weight and self.method != "ijsat":
             raise ValueError("--clean-weight is IJSAT's clean-interpolation term; other methods have none")
+        check_settings(self.validate, self.validate_queries)
 
 
 def _starting_point(config: ClassifierConfig, data, images: torch.Tensor) -> tuple[dict, dict | None]:
@@ -129,7 +132,8 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
     best = None
     if config.validate:  # run_epochs puts the model back in train mode at the start of every epoch
         best = BestEpoch(state, {"classifier": model}, lambda: robust_accuracy(
-            model, held_images, held_labels, config.eps, steps=10, eot=1, draws=1, seed=config.seed))
+            model, held_images, held_labels, config.eps, steps=10, eot=1, draws=1, seed=config.seed,
+            queries=config.validate_queries))
     train_epochs(state, config, config.epochs, train_epoch)
     if best is not None:  # the bundle holds the selected weights
         model = best.selected("classifier").eval()

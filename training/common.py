@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,8 @@ def _plain(value: Any) -> Any:
 
 def train_epochs(state: TrainState, config: Any, epochs: int, train_epoch) -> TrainState:
     """The resumable epoch loop with this run's checkpoint directory and argument fingerprint."""
-    return run_epochs(state, epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart)
+    return run_epochs(state, epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart,
+                      {f.name: _plain(f.default) for f in fields(config) if f.default is not MISSING})
 
 
 def finished_bundle(config: Any) -> Bundle | None:

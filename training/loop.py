@@ -100,17 +100,19 @@ def run_epochs(
     checkpoint_dir: Path,
     fingerprint: dict[str, Any],
     restart: bool = False,
+    defaults: dict[str, Any] | None = None,
 ) -> TrainState:
     """Run ``train_epoch(epoch)`` for the epochs not done yet, checkpointing after each one.
 
     If ``checkpoint_dir`` holds a checkpoint made with the same ``fingerprint`` the run resumes
-    after its last finished epoch; ``restart`` discards it instead.
+    after its last finished epoch (arguments it does not record count as the same at their
+    ``defaults``); ``restart`` discards it instead.
     """
     checkpoint_dir = Path(checkpoint_dir)
     if restart and checkpoint_dir.exists():
         shutil.rmtree(checkpoint_dir)
     main = distributed.is_main()
-    saved = load_checkpoint(checkpoint_dir, fingerprint)
+    saved = load_checkpoint(checkpoint_dir, fingerprint, defaults)
     if saved is not None:
         state.load_state_dict(saved)
         if main:

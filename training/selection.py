@@ -23,6 +23,14 @@ from training.loop import TrainState
 SCORE = "robust_validation"  # the history key of each validated epoch's score
 
 
+def check_settings(count: int, queries: int) -> None:
+    """Refuse --validate N / --validate-queries Q that cannot work, before any training is spent."""
+    if count < 0 or queries < 0:
+        raise ValueError("--validate and --validate-queries are counts (0: off), not negative")
+    if queries and not count:
+        raise ValueError("--validate-queries attacks the images held out by --validate N; pass --validate too")
+
+
 def hold_out(images: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(training images, training labels, held-out images, held-out labels): the last ``count`` images are held out."""
     if count >= len(labels) // 2:
