@@ -18,7 +18,7 @@ from training.adversarial import METHODS
 from training.atop import ATTACKS, LAMBDA_SCHEDULES, TARGETS
 from training.common import finished_bundle
 from training.jatp import EXAMPLES
-from training.precision import PRECISIONS
+from training.precision import AUTO, PRECISIONS, resolve
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -37,8 +37,9 @@ def _add_common_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="train on the first N training images only (smoke runs)")
     parser.add_argument("--name", help="bundle name (default: the --out folder's name)")
     parser.add_argument("--restart", action="store_true", help="discard an existing checkpoint instead of resuming")
-    parser.add_argument("--precision", choices=PRECISIONS, help="fp32 (default) or bf16: forward passes under bf16 autocast with fp32 "
-                        "master weights, about 2× faster on CPUs with AMX (benchmarks/training_precision.py)")
+    parser.add_argument("--precision", choices=(*PRECISIONS, AUTO), help="fp32 (default), bf16 (forward passes under bf16 autocast with "
+                        "fp32 master weights: about 2× faster on CPUs with AMX or AVX-512 bf16, about 10× slower on CPUs without; "
+                        "benchmarks/training_precision.py) or auto (bf16 where the CPU has those units). A run may resume in another precision")
 
 
 def _add_purifier_training(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +80,8 @@ def _train(args: argparse.Namespace) -> None:
         args.method = "ijsat"
     if args.trainer == "purifier":  # AToP's pre-training stage alone
         args.pretrain_epochs, args.epochs = getattr(args, "epochs", 5), 0
+    if hasattr(args, "precision"):
+        args.precision = resolve(args.precision)
     names = {field.name for field in dataclasses.fields(Config)}
     try:
         config = Config(**{key: value for key, value in vars(args).items() if key in names})

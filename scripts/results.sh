@@ -67,7 +67,7 @@ declare -A STEPS=(
   [atop-rt1]="train bundles/fmnist-atop-rt1 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform mask --epochs 5"
   [atop-rt2]="train bundles/fmnist-atop-rt2 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_mask --epochs 5"
   [atop-rt3]="train bundles/fmnist-atop-rt3 atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform noise_multimask --masks 2 --epochs 5"
-  [atop-rt1-pgd]="train bundles/fmnist-atop-rt1-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform mask --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
+  [atop-rt1-pgd]="train bundles/fmnist-atop-rt1-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained --transform mask --attack pgd --attack-steps 5 --epochs 5 --precision auto"
   [jatp]="train bundles/fmnist-jatp jatp --classifier bundles/fmnist-standard --epochs 3"
   [jatp-pgd-at]="train bundles/fmnist-jatp-pgd-at jatp --classifier bundles/fmnist-pgd-at --epochs 3"
   [jatp-static]="train bundles/fmnist-jatp-static jatp --classifier bundles/fmnist-standard --examples static --feature-weight 0 --epochs 3"
@@ -78,39 +78,39 @@ declare -A STEPS=(
   [jatp-on-ijsat]="compose bundles/fmnist-jatp-on-ijsat --purifier bundles/fmnist-jatp --classifier bundles/fmnist-ijsat"
   # plug-in purifiers for the frozen standard classifier, one change at a time: multi-step PGD, a wider U-Net (472k parameters),
   # the TRADES-style term, weight averaging with robust early stopping; each is screened, the best two get the protocol.
-  [pretrained-wide]="train bundles/fmnist-pretrained-wide purifier --classifier bundles/fmnist-standard --widths 32,64,128 --transform mask --epochs 10 --precision bf16"
-  [atop-wide-pgd]="train bundles/fmnist-atop-wide-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
+  [pretrained-wide]="train bundles/fmnist-pretrained-wide purifier --classifier bundles/fmnist-standard --widths 32,64,128 --transform mask --epochs 10 --precision auto"
+  [atop-wide-pgd]="train bundles/fmnist-atop-wide-pgd atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --epochs 5 --precision auto"
   # the same without the random transform: the mask costs every masked pipeline about 14 points of clean accuracy as served
   # (worst of 10 draws), so a masked plug-in purifier cannot reach the 88% clean goal; deterministic, it is judged on one draw
-  [atop-wide-deterministic]="train bundles/fmnist-atop-wide-deterministic atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
+  [atop-wide-deterministic]="train bundles/fmnist-atop-wide-deterministic atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --epochs 5 --precision auto"
   # the TRADES term and weight averaging on top of the better of the two screens above, the deterministic one
   # (reports/screen: 81.45% clean, 60.0% at L∞ 0.1 against 75.95% and 53.0% for the masked wide purifier)
-  [atop-wide-trades]="train bundles/fmnist-atop-wide-trades atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --trades-beta 1 --epochs 5 --precision bf16"
+  [atop-wide-trades]="train bundles/fmnist-atop-wide-trades atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --trades-beta 1 --epochs 5 --precision auto"
   # the TRADES term screened worse (clean 78.55% vs 81.45%, p = 0.0004; L∞ 57.0% vs 60.0%), so weight averaging goes without it
-  [atop-wide-ema]="train bundles/fmnist-atop-wide-ema atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --ema 0.999 --validate 1000 --epochs 5 --precision bf16"
+  [atop-wide-ema]="train bundles/fmnist-atop-wide-ema atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --ema 0.999 --validate 1000 --epochs 5 --precision auto"
   # the AT controls: TRADES, and PGD-AT / TRADES widened to the parameter count of the wide pipeline (472k purifier
   # + 78k classifier: widths 43,86,172 give 555k)
-  [trades]="train bundles/fmnist-trades classifier --method trades --beta 6 --attack-steps 7 --eps 0.1 --epochs 15 --precision bf16"
-  [pgd-at-wide]="train bundles/fmnist-pgd-at-wide classifier --method pgd --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision bf16"
-  [trades-wide]="train bundles/fmnist-trades-wide classifier --method trades --beta 6 --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision bf16"
+  [trades]="train bundles/fmnist-trades classifier --method trades --beta 6 --attack-steps 7 --eps 0.1 --epochs 15 --precision auto"
+  [pgd-at-wide]="train bundles/fmnist-pgd-at-wide classifier --method pgd --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision auto"
+  [trades-wide]="train bundles/fmnist-trades-wide classifier --method trades --beta 6 --attack-steps 7 --eps 0.1 --widths 43,86,172 --epochs 15 --precision auto"
   # purification on top of adversarial training: fine-tuned against the PGD-AT classifier without the random transform (the goal
   # is clean within a point of PGD-AT, which the mask's 14-point cost rules out), and jointly with it through the transform
-  [atop-on-pgd-at]="train bundles/fmnist-atop-on-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --epochs 5 --precision bf16"
-  [atop-joint-pgd-at]="train bundles/fmnist-atop-joint-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --joint --epochs 5 --precision bf16"
+  [atop-on-pgd-at]="train bundles/fmnist-atop-on-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform none --attack pgd --attack-steps 5 --epochs 5 --precision auto"
+  [atop-joint-pgd-at]="train bundles/fmnist-atop-joint-pgd-at atop --classifier bundles/fmnist-pgd-at --purifier bundles/fmnist-pretrained-wide --transform mask --attack pgd --attack-steps 5 --joint --epochs 5 --precision auto"
   # IJSAT re-tested: with the clean-interpolation term, and on top of the PGD-AT classifier, at IJSAT's budget
-  [ijsat-clean]="train bundles/fmnist-ijsat-clean ijsat --flow bundles/fmnist-flow --epochs 10 --attack-steps 5 --clean-weight 1 --precision bf16"
-  [ijsat-on-pgd-at]="train bundles/fmnist-ijsat-on-pgd-at ijsat --flow bundles/fmnist-flow --init bundles/fmnist-pgd-at --epochs 10 --attack-steps 5 --clean-weight 1 --precision bf16"
+  [ijsat-clean]="train bundles/fmnist-ijsat-clean ijsat --flow bundles/fmnist-flow --epochs 10 --attack-steps 5 --clean-weight 1 --precision auto"
+  [ijsat-on-pgd-at]="train bundles/fmnist-ijsat-on-pgd-at ijsat --flow bundles/fmnist-flow --init bundles/fmnist-pgd-at --epochs 10 --attack-steps 5 --clean-weight 1 --precision auto"
   # that run overfitted catastrophically (0.0% at L∞ 0.1): again as a fine-tuning, at a fifth of the peak learning rate, for
   # half the epochs, bundling the epoch with the best PGD-10 accuracy on 1,000 held-out training images
-  [ijsat-on-pgd-at-selected]="train bundles/fmnist-ijsat-on-pgd-at-selected ijsat --flow bundles/fmnist-flow --init bundles/fmnist-pgd-at --epochs 5 --lr 0.01 --validate 1000 --attack-steps 5 --clean-weight 1 --precision bf16"
+  [ijsat-on-pgd-at-selected]="train bundles/fmnist-ijsat-on-pgd-at-selected ijsat --flow bundles/fmnist-flow --init bundles/fmnist-pgd-at --epochs 5 --lr 0.01 --validate 1000 --attack-steps 5 --clean-weight 1 --precision auto"
   # randomized smoothing: denoisers for the frozen standard classifier, and noise-trained classifiers as controls
-  [denoiser-0.25]="train bundles/fmnist-denoiser-0.25 atop --classifier bundles/fmnist-standard --transform gaussian --noise-std 0.25 --attack none --targets classifier --pretrain-epochs 5 --epochs 5 --precision bf16"
-  [denoiser-0.5]="train bundles/fmnist-denoiser-0.5 atop --classifier bundles/fmnist-standard --transform gaussian --noise-std 0.5 --attack none --targets classifier --pretrain-epochs 5 --epochs 5 --precision bf16"
+  [denoiser-0.25]="train bundles/fmnist-denoiser-0.25 atop --classifier bundles/fmnist-standard --transform gaussian --noise-std 0.25 --attack none --targets classifier --pretrain-epochs 5 --epochs 5 --precision auto"
+  [denoiser-0.5]="train bundles/fmnist-denoiser-0.5 atop --classifier bundles/fmnist-standard --transform gaussian --noise-std 0.5 --attack none --targets classifier --pretrain-epochs 5 --epochs 5 --precision auto"
   # a second denoiser recipe at σ 0.25: 10 more epochs of the stability objective weighted 10× against
   # L1 reconstruction, no GAN term (closer to Salman et al.'s stability-only objective)
-  [denoiser-0.25-stability]="train bundles/fmnist-denoiser-0.25-stability atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-denoiser-0.25 --transform gaussian --noise-std 0.25 --attack none --targets classifier --lam 10 --gan-weight 0 --epochs 10 --precision bf16"
-  [noise-0.25]="train bundles/fmnist-noise-0.25 classifier --method gaussian --noise-std 0.25 --epochs 15 --precision bf16"
-  [noise-0.5]="train bundles/fmnist-noise-0.5 classifier --method gaussian --noise-std 0.5 --epochs 15 --precision bf16"
+  [denoiser-0.25-stability]="train bundles/fmnist-denoiser-0.25-stability atop --classifier bundles/fmnist-standard --purifier bundles/fmnist-denoiser-0.25 --transform gaussian --noise-std 0.25 --attack none --targets classifier --lam 10 --gan-weight 0 --epochs 10 --precision auto"
+  [noise-0.25]="train bundles/fmnist-noise-0.25 classifier --method gaussian --noise-std 0.25 --epochs 15 --precision auto"
+  [noise-0.5]="train bundles/fmnist-noise-0.5 classifier --method gaussian --noise-std 0.5 --epochs 15 --precision auto"
 )
 ORDER=(standard pgd-at fgsm-rs pretrained atop-rt1 atop-rt2 atop-rt3 atop-rt1-pgd jatp jatp-static jatp-on-pgd-at jatp-static-on-pgd-at jatp-pgd-at flow ijsat jatp-on-ijsat)
 for name in fmnist-standard fmnist-pgd-at fmnist-fgsm-rs fmnist-reconstruction fmnist-pretrained fmnist-atop-rt1 fmnist-atop-rt2 fmnist-atop-rt3 fmnist-atop-rt1-pgd \

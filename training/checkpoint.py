@@ -25,7 +25,8 @@ def load_checkpoint(directory: Path, fingerprint: dict[str, Any], defaults: dict
 
     A checkpoint from different training arguments is refused, so resuming never mixes runs. An
     argument the checkpoint does not record (an option added since it was written) counts as the
-    same when it is at its value in ``defaults``: the run it resumes trained without it.
+    same when it is at its value in ``defaults``: the run it resumes trained without it. One it
+    records that ``fingerprint`` leaves out (a speed setting such as the precision) is not compared.
     """
     path = Path(directory) / CHECKPOINT
     if not path.exists():
@@ -34,9 +35,10 @@ def load_checkpoint(directory: Path, fingerprint: dict[str, Any], defaults: dict
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint gets the same advice
         raise PurifierError(f"checkpoint {path} is unreadable ({type(error).__name__}); delete it or pass --restart") from None
-    recorded = {**{key: value for key, value in (defaults or {}).items() if key in fingerprint}, **state.get("fingerprint", {})}
+    saved = state.get("fingerprint", {})
+    recorded = {key: saved.get(key, (defaults or {}).get(key)) for key in fingerprint}
     if recorded != fingerprint:
-        changed = sorted(key for key in {*fingerprint, *recorded} if recorded.get(key) != fingerprint.get(key))
+        changed = sorted(key for key in fingerprint if recorded[key] != fingerprint[key])
         raise PurifierError(
             f"checkpoint {path} was made with different arguments ({', '.join(changed)}); "
             "rerun with the same arguments to resume, or pass --restart to start over"

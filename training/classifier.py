@@ -58,6 +58,9 @@ class ClassifierConfig(TrainConfig):
             raise ValueError("IJSAT training needs --flow BUNDLE (a flow from 'purifier train flow'), and only IJSAT uses a flow")
         if self.clean_weight and self.method != "ijsat":
             raise ValueError("--clean-weight is IJSAT's clean-interpolation term; other methods have none")
+        if self.widths and min(self.widths[:-1]) < 8:  # they feed the stride-2 1x1 shortcut convolutions
+            raise ValueError("--widths below 8 before the last stage crash, or corrupt the gradients of, stride-2 1x1 convolutions "
+                             "on AVX2 CPUs (oneDNN issue uxlfoundation/oneDNN#6035); use 8 or more")
         check_settings(self.validate, self.validate_queries)
 
 

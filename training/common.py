@@ -40,11 +40,14 @@ class TrainConfig:
 
 # Arguments that say where things go, not what is trained: they may change between resumes.
 _NOT_FINGERPRINTED = {"out", "restart", "device", "name", "command", "checkpoint_dir"}
+# Arguments that say how fast a step runs, not what it computes (training/precision.py): they may change between
+# resumes too, and each epoch's history entry records them.
+_SPEED_SETTINGS = {"precision"}
 
 
 def fingerprint(config: Any) -> dict[str, Any]:
     """The training-relevant arguments of a config dataclass, JSON-friendly."""
-    return {f.name: _plain(getattr(config, f.name)) for f in fields(config) if f.name not in _NOT_FINGERPRINTED}
+    return {f.name: _plain(getattr(config, f.name)) for f in fields(config) if f.name not in _NOT_FINGERPRINTED | _SPEED_SETTINGS}
 
 
 def arguments(config: Any) -> dict[str, Any]:
@@ -62,7 +65,8 @@ def _plain(value: Any) -> Any:
 def train_epochs(state: TrainState, config: Any, epochs: int, train_epoch) -> TrainState:
     """The resumable epoch loop with this run's checkpoint directory and argument fingerprint."""
     return run_epochs(state, epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart,
-                      {f.name: _plain(f.default) for f in fields(config) if f.default is not MISSING})
+                      {f.name: _plain(f.default) for f in fields(config) if f.default is not MISSING},
+                      {name: _plain(getattr(config, name)) for name in _SPEED_SETTINGS})
 
 
 def finished_bundle(config: Any) -> Bundle | None:

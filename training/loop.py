@@ -28,7 +28,7 @@ class TrainState:
     schedulers: dict[str, Any] = field(default_factory=dict)
     epoch: int = 0
     elapsed_s: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     def state_dict(self, fingerprint: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -101,20 +101,27 @@ def run_epochs(
     fingerprint: dict[str, Any],
     restart: bool = False,
     defaults: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> TrainState:
     """Run ``train_epoch(epoch)`` for the epochs not done yet, checkpointing after each one.
 
     If ``checkpoint_dir`` holds a checkpoint made with the same ``fingerprint`` the run resumes
     after its last finished epoch (arguments it does not record count as the same at their
-    ``defaults``); ``restart`` discards it instead.
+    ``defaults``); ``restart`` discards it instead. ``settings`` (unfingerprinted arguments such as
+    the precision, which may change between resumes) are recorded in each epoch's history entry;
+    entries from before they were recorded take the checkpoint's recorded value, else the default.
     """
     checkpoint_dir = Path(checkpoint_dir)
     if restart and checkpoint_dir.exists():
         shutil.rmtree(checkpoint_dir)
     main = distributed.is_main()
     saved = load_checkpoint(checkpoint_dir, fingerprint, defaults)
+    settings = settings or {}
     if saved is not None:
         state.load_state_dict(saved)
+        for entry in state.history:
+            for key in settings:
+                entry.setdefault(key, saved["fingerprint"].get(key, (defaults or {}).get(key)))
         if main:
             print(f"resuming from {checkpoint_dir} after epoch {state.epoch}/{epochs}", file=sys.stderr)
     distributed.attach(state.modules, state.optimizers)
@@ -127,7 +134,7 @@ def run_epochs(
         distributed.synchronize(state.modules)
         state.elapsed_s += time.perf_counter() - started
         state.epoch += 1
-        state.history.append({"epoch": state.epoch, **{k: round(v, 5) for k, v in metrics.items()}})
+        state.history.append({"epoch": state.epoch, **settings, **{k: round(v, 5) for k, v in metrics.items()}})
         if main:
             save_checkpoint(checkpoint_dir, state.state_dict(fingerprint))
             summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())

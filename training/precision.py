@@ -5,16 +5,28 @@ faster than fp32. ``--precision bf16`` runs every forward pass of a training ste
 that crafts the training examples included) under ``torch.autocast(dtype=bfloat16)``; weights,
 optimiser state and gradients stay fp32, and the models use the channels_last memory layout
 oneDNN's bf16 convolutions want. Evaluation attacks always run in fp32.
+
+Precision is a speed setting, not part of the recipe: the same short adversarial training run in each
+precision and attacked alike comes out no weaker in bf16 (benchmarks/adversarial_precision.py). So a
+run may resume in the other precision (on a machine without bf16 units, say); each epoch's precision
+is kept in the training history.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
 
+import sys
+
 import torch
 from torch import nn
 
+from purifier.machine import cpu_model_and_matrix_flags
+
 PRECISIONS = ("fp32", "bf16")
+AUTO = "auto"  # --precision auto: bf16 where the CPU has bf16 units, fp32 elsewhere (resolve)
+# CPU flags of units that multiply bf16 natively; without one, oneDNN emulates bf16 and it runs far slower than fp32
+BF16_UNITS = ("amx_bf16", "avx512_bf16")
 
 
 def autocast(precision: str, device: str = "cpu") -> AbstractContextManager:
@@ -25,7 +37,24 @@ def autocast(precision: str, device: str = "cpu") -> AbstractContextManager:
 
 
 def prepare(precision: str, *modules: nn.Module) -> None:
-    """Put the models in the memory layout their precision runs fastest in (channels_last for bf16)."""
+    """Put the models in the memory layout their precision runs fastest in (channels_last for bf16), and warn when
+    bf16 is asked of a CPU that has to emulate it."""
     if precision == "bf16":
+        _, flags = cpu_model_and_matrix_flags()
+        if not has_bf16_units(flags):
+            print(f"warning: this CPU has no bf16 matrix units ({' or '.join(BF16_UNITS)}), so bf16 runs emulated, many "
+                  "times slower than fp32 (benchmarks/training_precision.py); drop --precision bf16 here", file=sys.stderr)
         for module in modules:
             module.to(memory_format=torch.channels_last)
+
+
+def has_bf16_units(flags: dict[str, bool]) -> bool:
+    """Whether CPU ``flags`` (purifier.machine's reading) include a unit that multiplies bf16 natively."""
+    return any(flags.get(flag, False) for flag in BF16_UNITS)
+
+
+def resolve(choice: str) -> str:
+    """The precision ``--precision choice`` trains in: ``auto`` is bf16 where the CPU has bf16 units, else fp32."""
+    if choice != AUTO:
+        return choice
+    return "bf16" if has_bf16_units(cpu_model_and_matrix_flags()[1]) else "fp32"
