@@ -14,9 +14,8 @@ is kept in the training history.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-
 import sys
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
@@ -40,16 +39,16 @@ def prepare(precision: str, *modules: nn.Module) -> None:
     """Put the models in the memory layout their precision runs fastest in (channels_last for bf16), and warn when
     bf16 is asked of a CPU that has to emulate it."""
     if precision == "bf16":
-        _, flags = cpu_model_and_matrix_flags()
-        if not has_bf16_units(flags):
+        if not has_bf16_units():
             print(f"warning: this CPU has no bf16 matrix units ({' or '.join(BF16_UNITS)}), so bf16 runs emulated, many "
                   "times slower than fp32 (benchmarks/training_precision.py); drop --precision bf16 here", file=sys.stderr)
         for module in modules:
             module.to(memory_format=torch.channels_last)
 
 
-def has_bf16_units(flags: dict[str, bool]) -> bool:
-    """Whether CPU ``flags`` (purifier.machine's reading) include a unit that multiplies bf16 natively."""
+def has_bf16_units(flags: dict[str, bool] | None = None) -> bool:
+    """Whether CPU ``flags`` (purifier.machine's reading; default: this CPU's) include a unit that multiplies bf16 natively."""
+    flags = cpu_model_and_matrix_flags()[1] if flags is None else flags
     return any(flags.get(flag, False) for flag in BF16_UNITS)
 
 
@@ -57,4 +56,4 @@ def resolve(choice: str) -> str:
     """The precision ``--precision choice`` trains in: ``auto`` is bf16 where the CPU has bf16 units, else fp32."""
     if choice != AUTO:
         return choice
-    return "bf16" if has_bf16_units(cpu_model_and_matrix_flags()[1]) else "fp32"
+    return "bf16" if has_bf16_units() else "fp32"
