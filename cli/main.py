@@ -327,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "per 28×28 image on 2 cores, benchmarks/certify.py)")
     serve.add_argument("--certify-selection", type=int, help="certify=true requests: selection draws n0 per image (default 32)")
     serve.add_argument("--certify-alpha", type=float, help="certify=true requests: failure probability of a certificate (default 0.001)")
-    serve.add_argument("--token-expiration-min", type=int, default=TOKEN_EXPIRATION_MIN, metavar="N",
-                       help="lifetime of the inference and management keys in minutes (default 1440); the server renews each "
+    serve.add_argument("--token-expiration-min", type=float, default=TOKEN_EXPIRATION_MIN, metavar="N",
+                       help="lifetime of the inference and management keys in minutes (default 1440, at least 0.25); the server renews each "
                             "before it expires and rewrites the key file atomically")
     serve.add_argument("--no-token-auth", action="store_true",
                        help="serve without keys, only behind a gateway that authenticates every request (logged as a warning)")

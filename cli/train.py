@@ -25,6 +25,13 @@ def _widths(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(","))
 
 
+def _count(text: str) -> int:
+    """An image count of 1 or more."""
+    if int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return int(text)
+
+
 def _add_common_training(parser: argparse.ArgumentParser) -> None:
     """Options every trainer takes. Unset options are absent, so the config's defaults apply."""
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
@@ -34,7 +41,9 @@ def _add_common_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--widths", type=_widths, help="channel widths per stage, e.g. 16,32,64")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--limit", type=int, help="train on the first N training images only (smoke runs)")
+    parser.add_argument("--limit", type=_count, help="train on the first N training images only (smoke runs)")
+    parser.add_argument("--test-limit", type=_count, help="score the finished bundle on the first N test images only (default: all; "
+                        "smoke runs): its recorded metrics say how many")
     parser.add_argument("--name", help="bundle name (default: the --out folder's name)")
     parser.add_argument("--restart", action="store_true", help="discard an existing checkpoint instead of resuming")
     parser.add_argument("--precision", choices=(*PRECISIONS, AUTO), help="fp32 (default), bf16 (forward passes under bf16 autocast with "

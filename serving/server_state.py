@@ -40,6 +40,7 @@ TORCHSERVE_KEY_FILE = "key_file.json"
 PURIFY_SUFFIX = "-purify"
 KEY_REFUSED = "Token Authorization failed"
 TOKEN_EXPIRATION_MIN = 24 * 60  # default key lifetime; renewed before it ends
+SHORTEST_KEY_LIFETIME_MIN = 0.25  # 15 s: renewed 3 s before expiry, three polls of the sidecar
 DRAIN_TIMEOUT_S = 30.0
 KEY_WAIT_S = 5.0  # how long a refused client waits for a renewed key to be published
 RENEW_FRACTION = 0.2

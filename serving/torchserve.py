@@ -34,6 +34,7 @@ from serving.server_state import (
     PURIFY_SUFFIX,
     served_models,
     SERVER_FILE,
+    SHORTEST_KEY_LIFETIME_MIN,
     TOKEN_EXPIRATION_MIN,
     Server,
     bin_path,
@@ -121,8 +122,12 @@ class Access:
     """Token authorisation: keys live ``token_expiration_min`` minutes (renewed before they expire); ``token_auth``
     False only behind a gateway that authenticates every request."""
 
-    token_expiration_min: int = TOKEN_EXPIRATION_MIN
+    token_expiration_min: float = TOKEN_EXPIRATION_MIN
     token_auth: bool = True
+
+    def __post_init__(self) -> None:
+        if self.token_expiration_min < SHORTEST_KEY_LIFETIME_MIN:
+            raise PurifierError(f"--token-expiration-min must be at least {SHORTEST_KEY_LIFETIME_MIN:g}, got {self.token_expiration_min:g}")
 
 
 def write_config(directory: Path, store: Path, port: int, host: str = "127.0.0.1", access: Access = Access()) -> Path:
@@ -136,7 +141,7 @@ def write_config(directory: Path, store: Path, port: int, host: str = "127.0.0.1
         f"metrics_address=http://127.0.0.1:{port + 3}",
         "metrics_mode=prometheus",
         f"model_store={store}",
-        f"token_expiration_min={access.token_expiration_min}",
+        f"token_expiration_min={access.token_expiration_min:g}",  # TorchServe reads a Double
         f"disable_token_authorization={str(not access.token_auth).lower()}",
         "install_py_dep_per_model=false",
         "enable_model_api=false",
@@ -172,8 +177,6 @@ def serve(
     ``host`` is 127.0.0.1 except inside a container, whose own network namespace is the boundary.
     Another ``handler`` (benchmarks compare with a plain one) serves the classify model alone.
     """
-    if access.token_expiration_min < 1:
-        raise PurifierError(f"--token-expiration-min must be at least 1, got {access.token_expiration_min}")
     from serving.runtime import parse_runtime  # imports torch: only when starting a server
 
     parse_runtime(runtime)  # a misspelt engine is refused here, not in the model's worker

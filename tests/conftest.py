@@ -33,4 +33,5 @@ def tiny_bundle(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("bundles")
     train_classifier(ClassifierConfig(out=root / "tiny-clf", epochs=1, limit=1000, command="test"))
-    return train_atop(AtopConfig(out=root / "tiny", classifier=root / "tiny-clf", pretrain_epochs=1, epochs=0, limit=1000, command="test"))
+    return train_atop(AtopConfig(out=root / "tiny", classifier=root / "tiny-clf", pretrain_epochs=1, epochs=0, limit=1000, test_limit=500,
+                                 command="test"))

@@ -16,7 +16,7 @@ from training.gan import ReconstructionGAN
 
 def test_fine_tuning_starts_from_a_pretrained_purifier_and_keeps_its_record(tiny_bundle, tmp_path):
     bundle = train_atop(AtopConfig(out=tmp_path / "atop", classifier=tiny_bundle.path, purifier=tiny_bundle.path, epochs=1,
-                                   attack="pgd", attack_steps=2, limit=256, command="test"))
+                                   attack="pgd", attack_steps=2, limit=256, test_limit=500, command="test"))
     manifest = bundle.manifest
     assert manifest["purifier"]["method"] == "atop"
     assert [record["stage"] for record in manifest["training"]] == ["classifier", "purifier", "atop"]
@@ -29,7 +29,7 @@ def test_fine_tuning_starts_from_a_pretrained_purifier_and_keeps_its_record(tiny
 
 def test_cli_trains_an_rt3_pipeline_that_exports_with_parity(tiny_bundle, tmp_path, capsys):
     out = tmp_path / "rt3"
-    main(["train", "atop", "--classifier", str(tiny_bundle.path), "--pretrain-epochs", "1", "--epochs", "1", "--limit", "128",
+    main(["train", "atop", "--classifier", str(tiny_bundle.path), "--pretrain-epochs", "1", "--epochs", "1", "--limit", "128", "--test-limit", "500",
           "--transform", "noise_multimask", "--masks", "2", "--lam-schedule", "linear", "--out", str(out)])
     main(["export", str(out)])
     manifest = json.loads((out / "bundle.json").read_text())
@@ -38,6 +38,7 @@ def test_cli_trains_an_rt3_pipeline_that_exports_with_parity(tiny_bundle, tmp_pa
     assert [epoch["lambda"] for epoch in history] == [0.0, 1.0] and "ce" not in history[0]
     assert manifest["exports"]["onnx"]["graphs"]["pipeline"]["max_abs_diff"] <= 1e-4
     assert load_bundle(out).pipeline().is_stochastic
+    assert {metric["protocol"]["images"] for metric in manifest["metrics"].values()} == {500}
 
 
 @pytest.mark.parametrize("options, message", [(["--transform", "noise_multimask", "--masks", "5"], "masks * missing_rate <= 1"),
@@ -70,7 +71,7 @@ def test_hinge_discriminator_learns_to_separate_real_from_blurred():
 
 def test_ema_and_trades_term_fine_tune_and_bundle_the_averaged_weights(tiny_bundle, tmp_path):
     """With --ema the bundle holds the moving average of the same trajectory, not its last weights; --trades-beta adds the KL term."""
-    config = dict(classifier=tiny_bundle.path, purifier=tiny_bundle.path, epochs=1, attack="pgd", attack_steps=2, limit=384, command="test")
+    config = dict(classifier=tiny_bundle.path, purifier=tiny_bundle.path, epochs=1, attack="pgd", attack_steps=2, limit=384, test_limit=500, command="test")
     plain = train_atop(AtopConfig(out=tmp_path / "plain", **config))
     averaged = train_atop(AtopConfig(out=tmp_path / "ema", ema=0.5, **config))
     start, last, mean = (bundle.purifier().state_dict() for bundle in (tiny_bundle, plain, averaged))
@@ -96,7 +97,7 @@ def test_trades_classifier_loss_adds_a_non_negative_boundary_term(fmnist_test):
 
 def test_joint_fine_tuning_updates_the_classifier_too(tiny_bundle, tmp_path):
     bundle = train_atop(AtopConfig(out=tmp_path / "joint", classifier=tiny_bundle.path, purifier=tiny_bundle.path, epochs=1, attack="pgd",
-                                   attack_steps=2, limit=256, joint=True, classifier_lr=1e-3, command="test"))
+                                   attack_steps=2, limit=256, joint=True, classifier_lr=1e-3, test_limit=500, command="test"))
     before, after = tiny_bundle.classifier().state_dict(), bundle.classifier().state_dict()
     assert any(not torch.equal(before[name], after[name]) for name in before if before[name].is_floating_point())
     assert all(torch.equal(before[name], after[name]) for name in before if "running_" in name)  # batch-norm statistics frozen
@@ -105,7 +106,7 @@ def test_joint_fine_tuning_updates_the_classifier_too(tiny_bundle, tmp_path):
 
 def test_validation_selects_the_epoch_with_the_best_robust_accuracy(tiny_bundle, tmp_path):
     bundle = train_atop(AtopConfig(out=tmp_path / "selected", classifier=tiny_bundle.path, purifier=tiny_bundle.path, epochs=2, attack="pgd",
-                                   attack_steps=1, limit=192, validate=64, command="test"))
+                                   attack_steps=1, limit=192, validate=64, test_limit=500, command="test"))
     history = bundle.manifest["training"][-1]["history"]
     assert len(history) == 2 and all(0 <= epoch["robust_validation"] <= 1 for epoch in history)
     from evaluation.accuracy import robust_accuracy

@@ -99,7 +99,7 @@ def denoiser(tmp_path_factory):
     """A gaussian-transform bundle (σ 0.25) in front of the standard classifier, denoised-smoothing objective, smoke size."""
     out = tmp_path_factory.mktemp("smoothing") / "denoiser"
     main(["train", "atop", "--classifier", str(CHECKOUT_BUNDLES / "fmnist-standard"), "--transform", "gaussian", "--pretrain-epochs", "1",
-          "--epochs", "1", "--attack", "none", "--targets", "classifier", "--limit", "1024", "--out", str(out)])
+          "--epochs", "1", "--attack", "none", "--targets", "classifier", "--limit", "1024", "--test-limit", "500", "--out", str(out)])
     main(["export", str(out)])  # certify draws on the served engine, ONNX Runtime, by default
     return load_bundle(out)
 

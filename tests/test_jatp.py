@@ -15,7 +15,7 @@ from training.jatp import JatpConfig, feature_distance, train_jatp
 @pytest.fixture(scope="module")
 def jatp_bundles(tiny_bundle, tmp_path_factory):
     root = tmp_path_factory.mktemp("jatp")
-    common = dict(classifier=tiny_bundle.path, epochs=1, attack_steps=2, limit=256, command="test")
+    common = dict(classifier=tiny_bundle.path, epochs=1, attack_steps=2, limit=256, test_limit=500, command="test")
     full = train_jatp(JatpConfig(out=root / "full", **common))
     static = train_jatp(JatpConfig(out=root / "static", examples="static", feature_weight=0.0, **common))
     return full, static

@@ -60,7 +60,7 @@ from purifier.models.unet import sized_for
 from purifier.transforms import NOISELESS_KINDS, RandomTransform, block_size_for
 from training.adversarial import adversarial_batch, kl_divergence
 from training.common import (
-    TrainConfig, classifier_and_training_data, metric, publish, seed_everything, train_epochs, training_record,
+    TrainConfig, classifier_and_training_data, metric, publish, scoring_split, seed_everything, train_epochs, training_record,
 )
 from training.gan import ReconstructionGAN
 from training.loop import Epoch, TrainState
@@ -232,9 +232,7 @@ def train_atop(config: AtopConfig) -> Bundle:
     elif averaged:  # the bundle holds the averaged weights
         purifier = averaged["purifier_ema"].module
     purifier.eval()
-    test = base.data("test", config.data_dir)
-    test_images, test_labels = test.tensors()
-    protocol = {"split": "test", "images": len(test)}
+    test_images, test_labels, protocol = scoring_split(base, config)
     method = ("atop-joint" if config.joint else "atop") if config.epochs > 0 else "reconstruction"
     stage_name = "atop" if config.epochs > 0 else "purifier"
     manifest = {

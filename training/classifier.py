@@ -140,7 +140,7 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
     train_epochs(state, config, config.epochs, train_epoch)
     if best is not None:  # the bundle holds the selected weights
         model = best.selected("classifier").eval()
-    test, test_images, test_labels = load_split(config.dataset, config.data_dir, "test")
+    test, test_images, test_labels = load_split(config.dataset, config.data_dir, "test", config.test_limit)
     classifier_entry = {"architecture": "resnet_small", "config": model_config, "method": config.method}
     if config.method not in ("standard", "gaussian"):
         classifier_entry.update(eps=config.eps, attack_steps=1 if config.method == "fgsm_rs" else config.attack_steps)

@@ -32,14 +32,16 @@ class TrainConfig:
     widths: tuple[int, ...] | None = None  # None: the model family's default for the data (ResNetSmall 16,32,64; unet.sized_for)
     seed: int = 0
     limit: int | None = None
+    test_limit: int | None = None  # score the finished bundle on the first N test images (None: all of them)
     name: str | None = None
     restart: bool = False
     command: str | None = None
     precision: str = "fp32"
 
 
-# Arguments that say where things go, not what is trained: they may change between resumes.
-_NOT_FINGERPRINTED = {"out", "restart", "device", "name", "command", "checkpoint_dir"}
+# Arguments that say where things go, or how much of the test split scores the result, not what is trained: they may
+# change between resumes.
+_NOT_FINGERPRINTED = {"out", "restart", "device", "name", "command", "checkpoint_dir", "test_limit"}
 # Arguments that say how fast a step runs, not what it computes (training/precision.py): they may change between
 # resumes too, and each epoch's history entry records them.
 _SPEED_SETTINGS = {"precision"}
@@ -106,6 +108,14 @@ def classifier_and_training_data(config: Any) -> tuple[Bundle, ImageDataset, tor
     if tuple(data.input_shape) != base.input_shape:
         raise DataError(f"data images are {data.input_shape} but bundle {config.classifier} expects {base.input_shape}; use the classifier's data")
     return base, data, images, labels
+
+
+def scoring_split(base: Bundle, config: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """The test images and labels the finished bundle is scored on (the first ``config.test_limit``), and the protocol
+    its metrics record."""
+    test = base.data("test", config.data_dir).head(config.test_limit)
+    images, labels = test.tensors()
+    return images, labels, {"split": "test", "images": len(test)}
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:

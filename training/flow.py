@@ -85,7 +85,7 @@ def train_flow(config: FlowConfig) -> Bundle:
         return run.means()
 
     train_epochs(state, config, config.epochs, train_epoch)
-    test, test_images, _ = load_split(config.dataset, config.data_dir, "test")
+    test, test_images, _ = load_split(config.dataset, config.data_dir, "test", config.test_limit)
     manifest = {
         "name": config.name or Path(config.out).name,
         "dataset": dataset_entry(data, config.data_dir),

@@ -31,7 +31,7 @@ from purifier.models.unet import sized_for
 from purifier.pipeline import Pipeline
 from purifier.transforms import RandomTransform
 from training.common import (
-    TrainConfig, classifier_and_training_data, metric, publish, seed_everything, train_epochs, training_record,
+    TrainConfig, classifier_and_training_data, metric, publish, scoring_split, seed_everything, train_epochs, training_record,
 )
 from training.loop import Epoch, TrainState
 from training.precision import autocast, prepare
@@ -116,9 +116,7 @@ def train_jatp(config: JatpConfig) -> Bundle:
 
     train_epochs(state, config, config.epochs, train_epoch)
     preprocessor.eval()
-    test = base.data("test", config.data_dir)
-    test_images, test_labels = test.tensors()
-    protocol = {"split": "test", "images": len(test)}
+    test_images, test_labels, protocol = scoring_split(base, config)
     manifest = {
         "name": config.name or Path(config.out).name,
         "dataset": base.manifest["dataset"],
