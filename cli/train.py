@@ -27,9 +27,10 @@ def _widths(text: str) -> tuple[int, ...]:
 
 def _count(text: str) -> int:
     """An image count of 1 or more."""
-    if int(text) < 1:
+    count = int(text)
+    if count < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
-    return int(text)
+    return count
 
 
 def _add_common_training(parser: argparse.ArgumentParser) -> None:

@@ -71,7 +71,8 @@ def test_hinge_discriminator_learns_to_separate_real_from_blurred():
 
 def test_ema_and_trades_term_fine_tune_and_bundle_the_averaged_weights(tiny_bundle, tmp_path):
     """With --ema the bundle holds the moving average of the same trajectory, not its last weights; --trades-beta adds the KL term."""
-    config = dict(classifier=tiny_bundle.path, purifier=tiny_bundle.path, epochs=1, attack="pgd", attack_steps=2, limit=384, test_limit=500, command="test")
+    config = dict(classifier=tiny_bundle.path, purifier=tiny_bundle.path, epochs=1, attack="pgd", attack_steps=2, limit=384, test_limit=500,
+                  command="test")
     plain = train_atop(AtopConfig(out=tmp_path / "plain", **config))
     averaged = train_atop(AtopConfig(out=tmp_path / "ema", ema=0.5, **config))
     start, last, mean = (bundle.purifier().state_dict() for bundle in (tiny_bundle, plain, averaged))
