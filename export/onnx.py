@@ -172,7 +172,7 @@ def export_bundle(bundle_path: Path, tolerance: float = 1e-4, seed: int = 0) -> 
             inputs, outputs = GRAPHS[stage]
             records[stage] = {"file": f"{EXPORT_DIR}/{stage}.onnx", "inputs": list(inputs), "outputs": list(outputs), "max_abs_diff": difference}
         weights.replace(target / weights.name)  # before the graphs that point at it; the old graphs point at the old file
-        for stage, path in staged.items():
+        for path in staged.values():
             path.replace(target / path.name)
     exports = {"onnx": {
         "opset": OPSET, "graphs": records, "weights": f"{EXPORT_DIR}/{weights.name}", "parity_tolerance": tolerance, "parity_seed": seed,

@@ -42,7 +42,7 @@ def test_report_files_and_invariants(report_dir):
     report = json.loads((report_dir / "report.json").read_text())
     assert set(report["robust"]) == {"classifier", "pipeline"} and report["protocol"]["conformant"] is False
     assert report["protocol"]["packages"]["pyautoattack"] == "0.2.0"
-    for model, norms in report["robust"].items():
+    for norms in report["robust"].values():
         for radii in norms.values():
             for attacks in radii.values():
                 assert attacks["worst_case"] <= min(v for k, v in attacks.items() if k not in ("worst_case", "worst_of_n"))
