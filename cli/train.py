@@ -33,6 +33,14 @@ def _count(text: str) -> int:
     return count
 
 
+def _minutes(text: str) -> float:
+    """A number of minutes, 0 or more."""
+    minutes = float(text)
+    if not minutes >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more minutes, got {text}")
+    return minutes
+
+
 def _add_common_training(parser: argparse.ArgumentParser) -> None:
     """Options every trainer takes. Unset options are absent, so the config's defaults apply."""
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
@@ -47,6 +55,8 @@ def _add_common_training(parser: argparse.ArgumentParser) -> None:
                         "smoke runs): its recorded metrics say how many")
     parser.add_argument("--name", help="bundle name (default: the --out folder's name)")
     parser.add_argument("--restart", action="store_true", help="discard an existing checkpoint instead of resuming")
+    parser.add_argument("--checkpoint-every-min", type=_minutes, help="besides after every epoch, checkpoint within an epoch at most this "
+                        "often (default 10; 0: after every batch), so a killed run resumes at the batch it reached")
     parser.add_argument("--precision", choices=(*PRECISIONS, AUTO), help="fp32 (default), bf16 (forward passes under bf16 autocast with "
                         "fp32 master weights: about 2× faster on CPUs with AMX or AVX-512 bf16, about 10× slower on CPUs without; "
                         "benchmarks/training_precision.py) or auto (bf16 where the CPU has those units). A run may resume in another precision")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,7 +20,7 @@ from purifier.images import encode_png
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.classifier import ClassifierConfig, train_classifier
 from training.common import checkpoint_dir_for
-from training.loop import TrainState, run_epochs
+from training.loop import Epoch, TrainState, run_epochs
 from training.precision import has_bf16_units
 
 PURIFIER = [sys.executable, "-m", "cli.main"]
@@ -66,6 +67,49 @@ def test_a_run_resumes_in_another_precision_and_its_history_says_which_epoch_ran
     assert [(entry["epoch"], entry["precision"]) for entry in history] == [(1, "bf16"), (2, "fp32"), (3, "bf16")]
 
 
+def _toy_trainer(stop_at_step: int | None = None, streams: bool = True):
+    """A linear model trained on 40 points in batches of 8 (5 steps an epoch) with noise from the epoch's torch generator and
+    from a numpy stream; ``stop_at_step`` raises in the middle of that step, after its weight update."""
+    data = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    model = nn.Linear(3, 1)
+    nn.init.constant_(model.weight, 0.1), nn.init.zeros_(model.bias)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    state, steps = TrainState({"model": model}, {"model": optimizer}), []
+
+    def train_epoch(epoch):
+        stream = np.random.default_rng([0, epoch])
+        run = Epoch(state, len(data), 8, 0, "toy", streams={"noise": stream} if streams else None)
+        for index in run:
+            noise = torch.from_numpy(stream.normal(size=(len(index), 3)).astype(np.float32))
+            loss = model(data[index] + noise + torch.randn(len(index), 3, generator=run.generator)).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            run.record(len(index), loss=loss.item())
+            steps.append(loss.item())
+            if len(steps) == stop_at_step:
+                raise KeyboardInterrupt
+        return run.means()
+
+    return state, train_epoch
+
+
+def test_a_run_stopped_within_an_epoch_resumes_at_its_batch_and_replays_exactly(tmp_path):
+    def train(directory, **trainer):
+        state, train_epoch = _toy_trainer(**trainer)
+        return run_epochs(state, 2, train_epoch, tmp_path / directory, {}, every_s=0)
+
+    straight = train("straight")
+    with pytest.raises(KeyboardInterrupt):  # in the 2nd step of epoch 2, after its update: the checkpoint has 1 batch of it
+        train("stopped", stop_at_step=7)
+    assert load_checkpoint(tmp_path / "stopped", {})["within_epoch"]["batches"] == 1
+    with pytest.raises(PurifierError, match="other random streams \\(noise\\).*--restart"):
+        train("stopped", streams=False)
+    resumed = train("stopped")
+    assert torch.equal(resumed.modules["model"].weight, straight.modules["model"].weight)
+    assert resumed.history == straight.history  # the resumed epoch's running means include the batches before the stop
+
+
 def test_bf16_units_are_read_off_the_cpu_flags():
     assert has_bf16_units({"amx_bf16": True, "avx512f": True}) and has_bf16_units({"avx512_bf16": True})
     assert not has_bf16_units({"avx512f": True, "avx512_vnni": True}) and not has_bf16_units({})
@@ -80,8 +124,9 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
     reference = _run(common + ["--out", str(tmp_path / "straight")])
     assert reference.returncode == 0, reference.stderr
 
-    out = tmp_path / "killed"
-    process = subprocess.Popen(PURIFIER + common + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "killed"  # checkpointed after every batch, so it is killed within its first epoch
+    process = subprocess.Popen(PURIFIER + common + ["--out", str(out), "--checkpoint-every-min", "0"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     checkpoint = checkpoint_dir_for(out) / "checkpoint.pt"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -92,7 +137,7 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
 
     resumed = _run(common + ["--out", str(out)])
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from" in resumed.stderr
+    assert "resuming from" in resumed.stderr and "of epoch 1" in resumed.stderr
     straight, again = load_file(tmp_path / "straight" / "classifier.safetensors"), load_file(out / "classifier.safetensors")
     assert all((straight[k] == again[k]).all() for k in straight)
     assert load_bundle(out).manifest["training"][0]["epochs"] == 3
@@ -105,10 +150,11 @@ def test_missing_data_is_one_line_with_the_fix(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_image_counts_below_one_are_refused_before_anything_is_written(tmp_path):
-    for option in ("--limit", "--test-limit"):
-        result = _run(["train", "classifier", option, "0", "--out", str(tmp_path / "x")])
-        assert result.returncode == 2 and f"{option}: must be 1 or more, got 0" in result.stderr, result.stderr
+def test_counts_below_one_and_negative_minutes_are_refused_before_anything_is_written(tmp_path):
+    for option, value, error in (("--limit", "0", "must be 1 or more, got 0"), ("--test-limit", "0", "must be 1 or more, got 0"),
+                                 ("--checkpoint-every-min", "-1", "must be 0 or more minutes, got -1")):
+        result = _run(["train", "classifier", option, value, "--out", str(tmp_path / "x")])
+        assert result.returncode == 2 and f"{option}: {error}" in result.stderr, result.stderr
     assert not (tmp_path / "x").exists()
 
 

@@ -178,7 +178,7 @@ def train_atop(config: AtopConfig) -> Bundle:
         pipeline.reseed([config.seed, epoch, 1])
         classifier.eval()  # frozen, or under --joint learning with its batch-norm statistics frozen
         stage = f"atop fine-tune {epoch - config.pretrain_epochs + 1}/{config.epochs}" if finetuning else f"purifier pre-train {epoch + 1}/{config.pretrain_epochs}"
-        run = Epoch(len(labels), config.batch_size, config.seed, epoch, stage)
+        run = Epoch(state, len(labels), config.batch_size, config.seed, stage, streams={"transform": rng, "pipeline": pipeline.rng})
         for index in run:
             clean, target = images[index], labels[index]
             if config.targets == "classifier":  # denoised smoothing's stability objective: agree with f on the clean image

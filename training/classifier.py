@@ -120,7 +120,7 @@ def train_classifier(config: ClassifierConfig) -> Bundle:
         return loss, logits, targets
 
     def train_epoch(epoch: int) -> dict[str, float]:
-        run = Epoch(len(labels), config.batch_size, config.seed, epoch, f"classifier epoch {epoch + 1}/{config.epochs}")
+        run = Epoch(state, len(labels), config.batch_size, config.seed, f"classifier epoch {epoch + 1}/{config.epochs}")
         for index in run:
             with autocast(config.precision):
                 loss, logits, targets = loss_and_logits(index, run.generator)

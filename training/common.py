@@ -37,11 +37,12 @@ class TrainConfig:
     restart: bool = False
     command: str | None = None
     precision: str = "fp32"
+    checkpoint_every_min: float = 10.0  # within an epoch, checkpoint after the first batch this long after the last checkpoint
 
 
-# Arguments that say where things go, or how much of the test split scores the result, not what is trained: they may
-# change between resumes.
-_NOT_FINGERPRINTED = {"out", "restart", "device", "name", "command", "checkpoint_dir", "test_limit"}
+# Arguments that say where things go, how often the run is checkpointed, or how much of the test split scores the result,
+# not what is trained: they may change between resumes.
+_NOT_FINGERPRINTED = {"out", "restart", "device", "name", "command", "checkpoint_dir", "checkpoint_every_min", "test_limit"}
 # Arguments that say how fast a step runs, not what it computes (training/precision.py): they may change between
 # resumes too, and each epoch's history entry records them.
 _SPEED_SETTINGS = {"precision"}
@@ -68,7 +69,7 @@ def train_epochs(state: TrainState, config: Any, epochs: int, train_epoch) -> Tr
     """The resumable epoch loop with this run's checkpoint directory and argument fingerprint."""
     return run_epochs(state, epochs, train_epoch, checkpoint_dir_for(config.out), fingerprint(config), config.restart,
                       {f.name: _plain(f.default) for f in fields(config) if f.default is not MISSING},
-                      {name: _plain(getattr(config, name)) for name in _SPEED_SETTINGS})
+                      {name: _plain(getattr(config, name)) for name in _SPEED_SETTINGS}, config.checkpoint_every_min * 60)
 
 
 def finished_bundle(config: Any) -> Bundle | None:

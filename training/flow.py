@@ -72,7 +72,7 @@ def train_flow(config: FlowConfig) -> Bundle:
     state = TrainState({"flow": flow}, {"flow": optimizer}, {"flow": scheduler})
 
     def train_epoch(epoch: int) -> dict[str, float]:
-        run = Epoch(len(images), config.batch_size, config.seed, epoch, f"flow epoch {epoch + 1}/{config.epochs}")
+        run = Epoch(state, len(images), config.batch_size, config.seed, f"flow epoch {epoch + 1}/{config.epochs}")
         for index in run:
             batch = images[index]
             loss = bits_per_dim(flow, batch, torch.rand(batch.shape, generator=run.generator)).mean()

@@ -93,7 +93,7 @@ def train_jatp(config: JatpConfig) -> Bundle:
         return pgd(classifier, clean, labels_, config.eps, steps=config.attack_steps, generator=generator, keep_best=False)
 
     def train_epoch(epoch: int) -> dict[str, float]:
-        run = Epoch(len(labels), config.batch_size, config.seed, epoch, f"jatp epoch {epoch + 1}/{config.epochs}")
+        run = Epoch(state, len(labels), config.batch_size, config.seed, f"jatp epoch {epoch + 1}/{config.epochs}")
         for index in run:
             clean, target_labels = images[index], labels[index]
             with autocast(config.precision):
