@@ -13,5 +13,5 @@ def progress(iterable, total: int, description: str, initial: int = 0):
     shown by rank 0 only under torchrun."""
     interactive = sys.stderr.isatty()
     other_rank = dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
-    return tqdm(iterable, total=total, initial=initial, desc=description, file=sys.stderr, mininterval=0.2 if interactive else 30.0, leave=interactive,
-                dynamic_ncols=True, disable=other_rank)
+    return tqdm(iterable, total=total, initial=initial, desc=description, file=sys.stderr, mininterval=0.2 if interactive else 30.0,
+                leave=interactive, dynamic_ncols=True, disable=other_rank)

@@ -34,8 +34,8 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     # where a checkpoint made within an epoch stopped (Epoch.progress); the next Epoch of that epoch carries on from it
     within_epoch: dict[str, Any] | None = None
-    # set by run_epochs while it runs: Epoch hands it its progress after every batch, and it decides when to checkpoint
-    save_within_epoch: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
+    # set by run_epochs while it runs: Epoch offers it its progress after every batch, and it takes it when a checkpoint is due
+    save_within_epoch: Callable[[Callable[[], dict[str, Any]]], None] | None = field(default=None, repr=False)
 
     def state_dict(self, fingerprint: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -104,7 +104,7 @@ class Epoch:
             yield index  # the trainer's loop body runs here; when it asks for the next batch, this one is finished
             self.done += 1
             if self.state.save_within_epoch is not None and self.done < self.total:
-                self.state.save_within_epoch(self.progress())
+                self.state.save_within_epoch(self.progress)
 
     def record(self, images: int, **metrics: float) -> None:
         """Add one batch's metrics (batch means), weighted by its number of images."""
@@ -172,10 +172,10 @@ def run_epochs(
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     last_saved = time.perf_counter()
 
-    def save_within_epoch(progress: dict[str, Any]) -> None:
+    def save_within_epoch(progress: Callable[[], dict[str, Any]]) -> None:
         nonlocal last_saved
         if time.perf_counter() - last_saved >= every_s:
-            save_checkpoint(checkpoint_dir, {**state.state_dict(fingerprint), "within_epoch": progress,
+            save_checkpoint(checkpoint_dir, {**state.state_dict(fingerprint), "within_epoch": progress(),
                                              "elapsed_s": state.elapsed_s + time.perf_counter() - started})
             last_saved = time.perf_counter()
 
